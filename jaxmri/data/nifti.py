@@ -1,0 +1,115 @@
+"""Users' own volumes: any NIfTI file (``.nii`` / ``.nii.gz``) read with nibabel.
+
+The volume is reoriented to the closest RAS-canonical orientation (``nibabel.as_closest_canonical``)
+so that the orientation ids 0/1/2 mean sagittal/coronal/axial, its voxel sizes are taken from the
+header, and it is sliced exactly like the embedded template
+(:func:`jaxmri.data.slicing.volume_to_slices`). A 4-D file (e.g. fMRI, DWI) contributes its first
+volume only, with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxmri.data.slicing import DEFAULT_FRACTIONS, ORIENTATIONS, volume_to_slices
+
+__all__ = ["read_nifti", "load_nifti_slices"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Read a NIfTI volume in RAS-canonical voxel order.
+
+    Args:
+      path: a ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+      ``(volume, spacing)``: ``float32`` ``(X, Y, Z)`` array and the voxel size in mm.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: the file is not a readable NIfTI image, is not 3-D or 4-D, or holds
+        non-finite values.
+    """
+    import nibabel as nib  # imported lazily: only NIfTI users pay for it
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"NIfTI file {path!r} does not exist")
+    try:
+        img = nib.as_closest_canonical(nib.load(path))
+        data = np.asarray(img.dataobj, np.float32)
+    except Exception as err:  # nibabel raises several types for a corrupt or foreign file
+        raise ValueError(f"{path!r} is not a valid NIfTI file: {err}") from None
+    if data.ndim == 4:
+        warnings.warn(
+            f"{path!r} is 4-D with shape {data.shape}; using its first volume only",
+            stacklevel=2,
+        )
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"NIfTI file {path!r} must hold a 3-D volume, got shape {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"NIfTI file {path!r} contains non-finite values (NaN or inf)")
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, spacing
+
+
+def load_nifti_slices(
+    path: str | os.PathLike,
+    *,
+    image_size: int,
+    split: str = "train",
+    labels_path: str | os.PathLike | None = None,
+    orientations: Sequence[str] = ORIENTATIONS,
+    min_foreground: float = 0.2,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    cycle: int = 64,
+    guard: int = 4,
+) -> dict[str, np.ndarray]:
+    """Square 2-D slices of a NIfTI volume (same output as the embedded loader).
+
+    Args:
+      path: the image volume (``.nii`` / ``.nii.gz``, 3-D or 4-D).
+      image_size: side ``S`` of the output slices.
+      split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
+      labels_path: optional integer label volume on the same voxel grid; its labels (0..255)
+        are resized by nearest neighbour. Without it the result has no ``labels`` key.
+      orientations, min_foreground, fractions, cycle, guard: see
+        :func:`jaxmri.data.slicing.volume_to_slices`.
+
+    Returns:
+      Slices dict: ``image`` ``(N, S, S)`` float32 in ``[0, 1]`` (min-max normalised per
+      volume), ``orientation``, ``position``, ``volume`` ``(N,)`` int32, and ``labels``
+      ``(N, S, S)`` uint8 when ``labels_path`` is given.
+
+    Raises:
+      FileNotFoundError, ValueError: see :func:`read_nifti`; also a label volume whose shape
+        differs from the image's ("mismatched shapes").
+    """
+    volume, spacing = read_nifti(path)
+    label_volume = None
+    if labels_path is not None:
+        label_volume, _ = read_nifti(labels_path)
+        if label_volume.shape != volume.shape:
+            raise ValueError(
+                f"mismatched shapes: labels {os.fspath(labels_path)!r} has shape "
+                f"{label_volume.shape} but image {os.fspath(path)!r} has {volume.shape}"
+            )
+    return volume_to_slices(
+        volume,
+        image_size=image_size,
+        split=split,
+        orientations=orientations,
+        spacing=spacing,
+        label_volume=label_volume,
+        min_foreground=min_foreground,
+        fractions=fractions,
+        cycle=cycle,
+        guard=guard,
+    )
