@@ -1,0 +1,49 @@
+"""The one training loop of jaxmri, its train state, results tables, figures and command line.
+
+* :mod:`jaxmri.train.state`: :class:`TrainState` (params, optimiser and non-parameter
+  collections) and :func:`create_train_state`.
+* :mod:`jaxmri.train.loop`: :func:`fit`, the pmapped loop with orbax checkpoints, resume,
+  Ctrl-C handling, non-finite-loss stop, progress bar and ``metrics.jsonl``; the contract of a
+  method's pure ``train_step`` is in that module's docstring.
+* :mod:`jaxmri.train.report`: mean ± sd tables as markdown and JSON.
+* :mod:`jaxmri.train.figures`: PNG panels (images, error maps, zooms, k-space) and line profiles.
+* :mod:`jaxmri.train.cli`: the argparse command line shared by every experiment.
+* :mod:`jaxmri.train.distributed`: joining a multi-process run.
+
+This package never imports :mod:`jaxmri.models` or :mod:`jaxmri.data`.
+"""
+
+from jaxmri.train.loop import (
+    AXIS_NAME,
+    NonFiniteLossError,
+    ReplicaDivergenceError,
+    TrainingInterrupted,
+    apply_mean_gradients,
+    fit,
+    make_parallel_step,
+    pmean_tree,
+    replicate,
+    shard_batch,
+    unreplicate,
+)
+from jaxmri.train.report import markdown_table, summarise, write_results
+from jaxmri.train.state import TrainState, create_train_state
+
+__all__ = [
+    "AXIS_NAME",
+    "NonFiniteLossError",
+    "ReplicaDivergenceError",
+    "TrainState",
+    "TrainingInterrupted",
+    "apply_mean_gradients",
+    "create_train_state",
+    "fit",
+    "make_parallel_step",
+    "markdown_table",
+    "pmean_tree",
+    "replicate",
+    "shard_batch",
+    "summarise",
+    "unreplicate",
+    "write_results",
+]

@@ -1,0 +1,138 @@
+"""Results tables: mean ± sd of per-slice metrics, as markdown (to read) and JSON (to compare).
+
+Input convention: ``per_slice[method][metric]`` is a 1-D array with one value per test slice.
+``sd`` is the sample standard deviation (``ddof=1``); it is reported as 0.0 when a method has a
+single slice. Methods and metrics keep the order in which they appear in the input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["summarise", "markdown_table", "write_results"]
+
+Summary = dict[str, dict[str, dict[str, float | int]]]
+
+
+def summarise(per_slice: Mapping[str, Mapping[str, np.ndarray]]) -> Summary:
+    """``{method: {metric: {'mean': float, 'sd': float, 'n': int}}}`` from per-slice values.
+
+    Raises ``ValueError`` naming the method and metric for an empty, non-1-D or non-finite array.
+    """
+    if not isinstance(per_slice, Mapping) or not per_slice:
+        raise ValueError("per_slice must be a non-empty mapping {method: {metric: values}}")
+    summary: Summary = {}
+    for method, metrics in per_slice.items():
+        if not isinstance(metrics, Mapping):
+            raise ValueError(f"per_slice[{method!r}] must be a mapping {{metric: values}}")
+        summary[str(method)] = {}
+        for metric, values in metrics.items():
+            name = f"per_slice[{method!r}][{metric!r}]"
+            values = np.asarray(values, dtype=np.float64)
+            if values.ndim != 1 or values.size == 0:
+                raise ValueError(f"{name} must be a non-empty 1-D array, got shape {values.shape}")
+            if not np.all(np.isfinite(values)):
+                raise ValueError(f"{name} contains non-finite values")
+            n = int(values.size)
+            summary[str(method)][str(metric)] = {
+                "mean": float(np.mean(values)),
+                "sd": float(np.std(values, ddof=1)) if n > 1 else 0.0,
+                "n": n,
+            }
+    return summary
+
+
+def _all_metrics(summary: Summary) -> list[str]:
+    names: list[str] = []
+    for metrics in summary.values():
+        names.extend(name for name in metrics if name not in names)
+    return names
+
+
+def markdown_table(
+    summary: Summary,
+    *,
+    metrics: Sequence[str],
+    title: str | None = None,
+    precision: int | Mapping[str, int] = 3,
+) -> str:
+    """A markdown table, one row per method, cells ``"mean ± sd"``.
+
+    Args:
+      summary: output of :func:`summarise`.
+      metrics: the columns, in order; a method without a metric gets ``"–"``.
+      title: optional heading line (``### title``) above the table.
+      precision: decimals, for all metrics or per metric name (default 3 for missing names).
+    """
+    if not metrics:
+        raise ValueError("metrics must name at least one metric")
+    known = _all_metrics(summary)
+    unknown = [m for m in metrics if m not in known]
+    if unknown:
+        raise ValueError(f"metrics {unknown} are not in the summary (it has {known})")
+
+    def decimals(metric: str) -> int:
+        return precision.get(metric, 3) if isinstance(precision, Mapping) else int(precision)
+
+    lines = []
+    if title:
+        lines += [f"### {title}", ""]
+    lines.append("| method | " + " | ".join(metrics) + " |")
+    lines.append("|---|" + "---|" * len(metrics))
+    for method, values in summary.items():
+        cells = []
+        for metric in metrics:
+            if metric in values:
+                d = decimals(metric)
+                cells.append(f"{values[metric]['mean']:.{d}f} ± {values[metric]['sd']:.{d}f}")
+            else:
+                cells.append("–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plain(value):
+    # JSON wants Python scalars; numpy ones (and non-finite floats) would not serialise cleanly.
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, np.integer | int) and not isinstance(value, bool):
+        return int(value)
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"summary holds a non-finite value {value}")
+    return value
+
+
+def write_results(
+    summary: Summary,
+    workdir: str | os.PathLike,
+    name: str,
+    *,
+    metrics: Sequence[str] | None = None,
+    title: str | None = None,
+    precision: int | Mapping[str, int] = 3,
+) -> tuple[Path, Path]:
+    """Write ``<workdir>/<name>.md`` and ``<workdir>/<name>.json``, print the table, return paths.
+
+    ``metrics`` defaults to every metric in the summary, ``title`` to ``name``. Call it on
+    process 0 only in a multi-process run.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(
+        summary,
+        metrics=list(metrics) if metrics is not None else _all_metrics(summary),
+        title=name if title is None else title,
+        precision=precision,
+    )
+    md_path, json_path = workdir / f"{name}.md", workdir / f"{name}.json"
+    md_path.write_text(table)
+    json_path.write_text(json.dumps(_plain(summary), indent=2) + "\n")
+    print(table)
+    return md_path, json_path

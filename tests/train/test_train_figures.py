@@ -1,0 +1,85 @@
+"""Figure panels: the PNG decodes at the promised size and shows the promised arrays."""
+
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from jaxmri.train.figures import error_map, log_kspace, save_line_profile, save_panel
+
+
+@pytest.fixture()
+def images():
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0.0, 1.0, (32, 32)).astype(np.float32)
+    phase = np.exp(1j * rng.uniform(-0.3, 0.3, (32, 32)))
+    zero_filled = (target * phase + 0.2 * rng.normal(size=(32, 32))).astype(np.complex64)
+    output = target + 0.05 * rng.normal(size=(32, 32)).astype(np.float32)
+    return {"zero-filled": zero_filled, "output": output, "target": target}
+
+
+def test_panel_png_size_and_drawn_arrays(images, tmp_path):
+    backend = matplotlib.get_backend()
+    path = tmp_path / "figs" / "panel.png"
+    drawn = save_panel(path, images, zoom_box=(4, 8, 10, 12), kspace=True, error_scale=4.0, dpi=50)
+    pixels = mpimg.imread(path)
+    # 4 rows (images, errors, zooms, k-space) x 3 columns of 2-inch cells at 50 dpi.
+    assert pixels.shape[:2] == (4 * 100, 3 * 100)
+    assert pixels[..., :3].std() > 0.05  # something was drawn, not a blank page
+    assert matplotlib.get_backend() == backend  # the user's backend is untouched
+
+    target = images["target"]
+    for label, image in images.items():
+        np.testing.assert_allclose(drawn["images"][label], np.abs(image), rtol=1e-6)
+        np.testing.assert_allclose(drawn["zooms"][label], np.abs(image)[4:14, 8:20], rtol=1e-6)
+        kspace = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image), norm="ortho"))
+        np.testing.assert_allclose(drawn["kspace"][label], np.log1p(np.abs(kspace)), rtol=1e-5)
+    assert set(drawn["errors"]) == {"zero-filled", "output"}  # none for the target itself
+    for label in ("zero-filled", "output"):
+        expected = np.abs(np.abs(images[label]) - target)
+        np.testing.assert_allclose(drawn["errors"][label], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_panel_without_optional_rows_and_explicit_target(images, tmp_path):
+    path = tmp_path / "small.png"
+    drawn = save_panel(path, images, target_key="output", panel_inches=1.5, dpi=40)
+    assert mpimg.imread(path).shape[:2] == (2 * 60, 3 * 60)
+    assert drawn["zooms"] == {} and drawn["kspace"] == {}
+    np.testing.assert_allclose(
+        drawn["errors"]["target"],
+        np.abs(np.abs(images["target"]) - np.abs(images["output"])),  # magnitudes, as shown
+        atol=1e-7,
+    )
+
+
+def test_helpers_against_numpy(images):
+    x, t = images["zero-filled"], images["target"]
+    np.testing.assert_allclose(error_map(x, t), np.abs(np.abs(x) - t), rtol=1e-6)
+    # Parseval: log_kspace inverts to the image's energy (orthonormal FFT).
+    energy = np.sum(np.expm1(log_kspace(x).astype(np.float64)) ** 2)
+    np.testing.assert_allclose(energy, np.sum(np.abs(x) ** 2), rtol=1e-4)
+
+
+def test_line_profile(images, tmp_path):
+    path = tmp_path / "profile.png"
+    drawn = save_line_profile(path, images, 7, inches=(4.0, 2.0), dpi=50)
+    assert mpimg.imread(path).shape[:2] == (100, 200)
+    for label, image in images.items():
+        np.testing.assert_allclose(drawn[label], np.abs(image[7]), rtol=1e-6)
+
+
+def test_bad_input_is_named(images, tmp_path):
+    with pytest.raises(ValueError, match="target_key"):
+        save_panel(tmp_path / "a.png", images, target_key="missing")
+    with pytest.raises(ValueError, match="zoom_box"):
+        save_panel(tmp_path / "a.png", images, zoom_box=(30, 30, 8, 8))
+    with pytest.raises(ValueError, match="images"):
+        save_panel(tmp_path / "a.png", {"a": np.zeros((4, 4)), "b": np.zeros((4, 5))})
+    with pytest.raises(ValueError, match="non-finite"):
+        save_panel(tmp_path / "a.png", {"a": np.full((4, 4), np.nan), "target": np.zeros((4, 4))})
+    with pytest.raises(ValueError, match="error_scale"):
+        save_panel(tmp_path / "a.png", images, error_scale=0.0)
+    with pytest.raises(ValueError, match="row"):
+        save_line_profile(tmp_path / "b.png", images, 32)
