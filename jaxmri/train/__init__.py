@@ -5,6 +5,7 @@
 * :mod:`jaxmri.train.loop`: :func:`fit`, the pmapped loop with orbax checkpoints, resume,
   Ctrl-C handling, non-finite-loss stop, progress bar and ``metrics.jsonl``; the contract of a
   method's pure ``train_step`` is in that module's docstring.
+* :mod:`jaxmri.train.batching`: training batches as a function of the step, chunked inference.
 * :mod:`jaxmri.train.report`: mean ± sd tables as markdown and JSON.
 * :mod:`jaxmri.train.figures`: PNG panels (images, error maps, zooms, k-space) and line profiles.
 * :mod:`jaxmri.train.cli`: the argparse command line shared by every experiment.
@@ -13,6 +14,7 @@
 This package never imports :mod:`jaxmri.models` or :mod:`jaxmri.data`.
 """
 
+from jaxmri.train.batching import map_batches, random_batches
 from jaxmri.train.loop import (
     AXIS_NAME,
     NonFiniteLossError,
@@ -39,8 +41,10 @@ __all__ = [
     "create_train_state",
     "fit",
     "make_parallel_step",
+    "map_batches",
     "markdown_table",
     "pmean_tree",
+    "random_batches",
     "replicate",
     "shard_batch",
     "summarise",

@@ -32,11 +32,16 @@ __all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_su
 
 
 def preset_summary(preset: object) -> str:
-    """First line of the preset's own docstring ('' if it has none).
+    """First line of the preset's ``description`` attribute, else of its own docstring.
 
-    A dataclass without a docstring gets a generated ``Name(field: type, ...)`` one, which says
-    nothing to a user, so it is skipped.
+    Presets of one experiment are usually instances of one dataclass, so a ``description``
+    field (command, minutes, table) is what tells them apart. A dataclass without a docstring
+    gets a generated ``Name(field: type, ...)`` one, which says nothing to a user, so it is
+    skipped ('' is returned).
     """
+    description = getattr(preset, "description", None)
+    if isinstance(description, str) and description.strip():
+        return description.strip().splitlines()[0].strip()
     doc = inspect.getdoc(preset) or ""
     first = doc.strip().splitlines()[0].strip() if doc.strip() else ""
     generated = dataclasses.is_dataclass(preset) and first.startswith(type(preset).__name__ + "(")

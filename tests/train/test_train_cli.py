@@ -91,6 +91,18 @@ def test_preset_summary():
     assert preset_summary(Undocumented()) == ""
 
 
+def test_preset_summary_prefers_the_description_field():
+    @dataclasses.dataclass(frozen=True)
+    class Preset:
+        steps: int
+        description: str
+
+    fast = Preset(steps=4, description="Seconds, for tests.\nMore text.")
+    slow = Preset(steps=50_000, description="Paper: 50k steps on a GPU.")
+    assert preset_summary(fast) == "Seconds, for tests."
+    assert preset_summary(slow) == "Paper: 50k steps on a GPU."
+
+
 @pytest.mark.parametrize(
     "argv, flag",
     [

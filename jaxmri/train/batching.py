@@ -1,0 +1,79 @@
+"""Host-side batching shared by every experiment: training batches by step, chunked inference.
+
+Training batches are a pure function of the step (:func:`random_batches`), which is what lets
+:func:`jaxmri.train.fit` resume an interrupted run on exactly the same trajectory. Inference
+over a whole split goes through :func:`map_batches`, which pads the last chunk so that a jitted
+function compiles once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import numpy as np
+
+__all__ = ["random_batches", "map_batches"]
+
+
+def _num_examples(arrays: Mapping[str, np.ndarray]) -> int:
+    if not arrays:
+        raise ValueError("arrays must hold at least one array")
+    sizes = {name: np.shape(a)[0] for name, a in arrays.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"arrays must share their leading (example) axis, got sizes {sizes}")
+    return next(iter(sizes.values()))
+
+
+def random_batches(arrays: Mapping[str, np.ndarray], *, batch_size: int,
+                   seed: int) -> Callable[[int], dict[str, np.ndarray]]:
+    """``batch_fn(step)`` drawing ``batch_size`` distinct examples, deterministic per step.
+
+    Args:
+      arrays: dict of arrays sharing the leading axis ``N`` (one split of a dataset).
+      batch_size: global batch size (``<= N``).
+      seed: the draw of step ``s`` uses ``np.random.SeedSequence([seed, s])``, so it depends
+        on nothing but ``(seed, s)``.
+
+    Returns:
+      ``batch_fn(step) -> {name: array[indices]}``.
+    """
+    n = _num_examples(arrays)
+    if not 0 < batch_size <= n:
+        raise ValueError(f"batch_size must be in [1, {n}] (the number of examples), "
+                         f"got {batch_size}")
+
+    def batch_fn(step: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, step]))
+        indices = np.sort(rng.choice(n, size=batch_size, replace=False))
+        return {name: np.asarray(a)[indices] for name, a in arrays.items()}
+
+    return batch_fn
+
+
+def map_batches(fn: Callable[..., object], arrays: Mapping[str, np.ndarray], *,
+                batch_size: int) -> object:
+    """Apply ``fn(**chunk)`` over the leading axis in chunks and concatenate the outputs.
+
+    The last chunk is padded (by repeating its final example) to ``batch_size`` and the padding
+    is cut from the output, so a jitted ``fn`` sees one shape and compiles once.
+
+    Args:
+      fn: function of keyword arrays ``(batch_size, ...)`` returning a pytree of arrays with a
+        leading axis of ``batch_size``.
+      arrays: dict of arrays sharing the leading axis ``N``.
+      batch_size: chunk size.
+
+    Returns:
+      The pytree of ``fn``'s outputs with leading axis ``N``, as numpy arrays.
+    """
+    n = _num_examples(arrays)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    outputs = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        index = np.minimum(np.arange(start, start + batch_size), stop - 1)
+        out = fn(**{name: np.asarray(a)[index] for name, a in arrays.items()})
+        outputs.append(jax.tree.map(lambda x, k=stop - start: np.asarray(x)[:k], out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outputs)
