@@ -1,0 +1,1 @@
+"""One thin entry module per paper: ``python -m experiments.NAME --help``."""

@@ -1,0 +1,470 @@
+"""InvSharpNet (Dong et al., MICCAI 2022): sharpen blurry MRI reconstructions by backward training.
+
+``python -m experiments.invsharp [--preset smoke|cpu|paper] [--workdir DIR] [--data PATH] ...``
+
+Pipeline (paper 000, section 3), each stage checkpointed in its own workdir subfolder so that an
+interrupted run resumes where it stopped:
+
+1. Data: 2-D slices of the embedded MNI152 T1 template (or ``--data``), simulated multi-coil
+   acquisition (birdcage coils, smooth phase, complex noise), fastMRI equispaced mask at 4x with
+   8 % centre (the paper's "4X acceleration of multi-coil data").
+2. Recon model 1 (an unrolled DC-CNN cascade, standing in for PC-RNN, which has no public
+   code) or, with ``--recon-model 2``, a U-Net, trained with L1 + (1 - SSIM). Its outputs on
+   every split are cached (``recon<k>_outputs.npz``) as the blurry inputs of stage 3.
+3. On the same invertible network: forward refinement (eq. 1), cWGAN with gamma 0.01 and 0.02
+   (eq. 3), InvSharpNet bidirectional (eq. 4, beta 2) and InvSharpNet backward (eq. 2).
+4. Test-split evaluation after data consistency: Table 2 (PSNR, SSIM, SSIM contrast) and
+   Table 3 (LPIPS), mean ± sd over slices; ablations (Fig. 3b): inversion error
+   ``|I - S(S^-1(I))|`` with 2 iterations for c in {0.6, 0.7, 0.8}, and the backward error of
+   the full versus a small network; figures (Fig. 2 panel with zoom, k-space log energy, line
+   profile, inversion error maps). ``--eval-data PATH`` adds a table on another volume.
+
+Outputs in the workdir: ``table2.md/.json``, ``table3.md/.json``, ``ablation.md/.json``,
+``fig2_panel.png``, ``figA1_profile.png``, ``fig3b_inversion_error.png``, ``metrics.jsonl`` of
+every stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmri.data import acquire_slices, load_slices
+from jaxmri.metrics import lpips, psnr, ssim, ssim_contrast
+from jaxmri.models import invsharp as isn
+from jaxmri.models.recon import DCCascade, UNetRecon
+from jaxmri.nn.fixed_point import Unrolled
+from jaxmri.nn.layers import complex_to_channels
+from jaxmri.physics import equispaced_column_mask
+from jaxmri.train import (
+    NonFiniteLossError,
+    TrainingInterrupted,
+    apply_mean_gradients,
+    create_train_state,
+    fit,
+    map_batches,
+    random_batches,
+    summarise,
+    write_results,
+)
+from jaxmri.train.cli import experiment_parser, setup_from_args
+from jaxmri.train.figures import save_line_profile, save_panel
+
+SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One configuration of the InvSharpNet experiment (see ``description``)."""
+
+    description: str
+    image_size: int
+    num_coils: int
+    orientations: tuple[str, ...]
+    recon_cascades: int
+    recon_convs: int
+    recon_features: int
+    unet_features: tuple[int, ...]
+    recon_steps: int
+    network: isn.InvSharpConfig
+    small_network: isn.InvSharpConfig
+    steps: int
+    batch_size: int
+    learning_rate: float = 1e-3
+    acceleration: float = 4.0
+    center_fraction: float = 0.08
+    snr_db: float = 30.0
+    ablation_coeffs: tuple[float, ...] = (0.6, 0.8)
+    checkpoint_every: int = 500
+    eval_slices: int = 16
+
+
+PRESETS = {
+    "smoke": Preset(
+        description="Seconds, for tests: 32 px images, 1 block x 2 convs x 8, 4 steps each.",
+        image_size=32, num_coils=2, orientations=("axial",),
+        recon_cascades=1, recon_convs=2, recon_features=8, unet_features=(8, 16),
+        recon_steps=4,
+        network=isn.InvSharpConfig(num_blocks=1, depth=2, hidden=8, critic_features=(8,)),
+        small_network=isn.InvSharpConfig(num_blocks=1, depth=2, hidden=4,
+                                         critic_features=(8,)),
+        steps=4, batch_size=2, checkpoint_every=2, eval_slices=4,
+    ),
+    "cpu": Preset(
+        description=("About 12 minutes on 2 CPU cores: 48 px axial+coronal slices, 4 coils, "
+                     "4 blocks x 5 convs x 32, 300 steps per method; prints Tables 2, 3 and "
+                     "the ablation."),
+        image_size=48, num_coils=4, orientations=("axial", "coronal"),
+        recon_cascades=3, recon_convs=4, recon_features=32, unet_features=(16, 32, 64),
+        recon_steps=300,
+        network=isn.InvSharpConfig(num_blocks=4, depth=5, hidden=32,
+                                   critic_features=(16, 32, 64)),
+        small_network=isn.InvSharpConfig(num_blocks=2, depth=5, hidden=12,
+                                         critic_features=(16, 32, 64)),
+        steps=300, batch_size=4, checkpoint_every=100,
+    ),
+    "paper": Preset(
+        description=("Paper (for a GPU): 12 blocks x 5 convs x 128 (5.4M), c 0.7, 2 inverse "
+                     "iterations, Adam 1e-3, batch 8, 50k steps; 320 px, 8 coils."),
+        image_size=320, num_coils=8, orientations=("sagittal", "coronal", "axial"),
+        recon_cascades=5, recon_convs=5, recon_features=64, unet_features=(32, 64, 128, 256),
+        recon_steps=50_000,
+        network=isn.InvSharpConfig(),
+        # ~0.7M parameters: 12 blocks x 5 convs x 44 channels (Fig. 3b's small network).
+        small_network=isn.InvSharpConfig(hidden=44),
+        steps=50_000, batch_size=8, checkpoint_every=2_000, eval_slices=64,
+    ),
+}
+
+# The methods of Table 2, in the paper's order: (label, method, loss weights).
+METHOD_RUNS = (
+    ("refinement", "forward", {}),
+    ("cWGAN γ=0.01", "cwgan", {"gamma": 0.01}),
+    ("cWGAN γ=0.02", "cwgan", {"gamma": 0.02}),
+    ("InvSharpNet(bi)", "bi", {}),
+    ("InvSharpNet(back)", "back", {}),
+)
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def load_acquisitions(data: str | None, preset: Preset, seed: int,
+                      splits: Sequence[str] = ("train", "val", "test")) -> dict[str, dict]:
+    """Slices of each split and their simulated (or measured) acquisitions, host numpy."""
+    mask_fn = functools.partial(equispaced_column_mask, center_fraction=preset.center_fraction,
+                                acceleration=preset.acceleration)
+    out = {}
+    for split in splits:
+        slices = load_slices(data, image_size=preset.image_size, split=split,
+                             orientations=preset.orientations)
+        n = slices["image"].shape[0]
+        if n == 0:
+            raise ValueError(f"the {split} split of {data or 'the embedded MNI152 data'} is empty")
+        acq = acquire_slices(slices, np.arange(n), mask_fn=mask_fn,
+                             seed=1000 * seed + SPLIT_SEEDS.get(split, 3),
+                             num_coils=preset.num_coils, snr_db=preset.snr_db)
+        out[split] = {k: acq[k] for k in ("target", "kspace", "mask", "maps", "zero_filled")}
+    return out
+
+
+# ------------------------------------------------------------------------- recon models
+
+
+def recon_module(preset: Preset, which: int) -> nn.Module:
+    """Recon model 1 (DC cascade) or 2 (U-Net)."""
+    if which == 1:
+        return DCCascade(num_cascades=preset.recon_cascades,
+                         convs_per_cascade=preset.recon_convs, features=preset.recon_features)
+    return UNetRecon(features=preset.unet_features)
+
+
+def _recon_inputs(batch):
+    return batch["zero_filled"], batch["kspace"], batch["mask"][:, None], batch["maps"]
+
+
+def recon_train_step(module: nn.Module):
+    """L1 (real/imag channels) + (1 - SSIM) on magnitudes: the recon models' loss."""
+
+    def loss_fn(params, batch):
+        pred = module.apply({"params": params}, *_recon_inputs(batch))
+        l1 = jnp.mean(jnp.abs(complex_to_channels(pred) - complex_to_channels(batch["target"])))
+        target = isn.magnitude(batch["target"])
+        data_range = jnp.max(target, axis=(-2, -1))
+        s = jnp.mean(ssim(isn.magnitude(pred), target, data_range=data_range))
+        return l1 + (1.0 - s), {"l1": l1, "ssim": s}
+
+    def train_step(state, batch, key):
+        del key
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        return apply_mean_gradients(state, grads), {"loss": loss, **metrics}
+
+    return train_step
+
+
+def train_recon(preset: Preset, which: int, data: dict, workdir: Path, args):
+    """Train recon model ``which``; return its outputs on every split and its predict function.
+
+    A finished run is restored from its checkpoint (``fit`` returns at once) and its outputs
+    are read from the cache ``recon<which>_outputs.npz``.
+    """
+    module = recon_module(preset, which)
+    train = data["train"]
+    variables = module.init(jax.random.key(args.seed), *_recon_inputs(
+        {k: v[:1] for k, v in train.items()}))
+    state = create_train_state(module, optax.adam(preset.learning_rate), variables)
+    print(f"[invsharp] recon model {which}: {type(module).__name__}, "
+          f"{_count(variables['params']) / 1e6:.2f}M parameters")
+    state = fit(train_step=recon_train_step(module), state=state,
+                batch_fn=random_batches(train, batch_size=args.batch_size, seed=args.seed),
+                num_steps=args.recon_steps, key=jax.random.key(args.seed),
+                workdir=workdir / f"recon{which}", checkpoint_every=preset.checkpoint_every,
+                eval_every=max(args.recon_steps // 2, 1), resume=args.resume,
+                eval_fn=lambda s: _recon_val_psnr(module, s.params, data["val"], preset),
+                desc=f"recon model {which}")
+    apply = jax.jit(lambda params, b: module.apply({"params": params}, *_recon_inputs(b)))
+
+    def predict(arrays: dict) -> np.ndarray:
+        return map_batches(lambda **b: apply(state.params, b), arrays,
+                           batch_size=preset.batch_size)
+
+    cache = workdir / f"recon{which}_outputs.npz"
+    if cache.exists():
+        with np.load(cache) as f:
+            return {split: f[split] for split in f.files}, predict
+    outputs = {split: predict(arrays) for split, arrays in data.items()}
+    np.savez(cache, **outputs)
+    return outputs, predict
+
+
+def _recon_val_psnr(module, params, val, preset):
+    subset = {k: v[:preset.eval_slices] for k, v in val.items()}
+    pred = module.apply({"params": params}, *_recon_inputs(subset))
+    return {"psnr": float(jnp.mean(psnr(jnp.abs(pred), jnp.abs(subset["target"]))))}
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+# --------------------------------------------------------------------------- refinement
+
+
+def train_method(preset: Preset, config: isn.InvSharpConfig, method: str, data: dict,
+                 recon: dict, workdir: Path, args, label: str):
+    """Train one method of Table 2 on (recon, target, zero_filled) and return its variables."""
+    train = {"recon": recon["train"], "target": data["train"]["target"],
+             "zero_filled": data["train"]["zero_filled"]}
+    states = isn.create_states(jax.random.key(args.seed), config, method,
+                               (preset.image_size, preset.image_size),
+                               learning_rate=preset.learning_rate)
+    network = isn.build_network(config)
+    val = _val_subset(data, recon, preset)
+
+    def eval_fn(state):
+        gen = state["generator"] if isinstance(state, dict) else state
+        out = _sharpen_with_dc(network, gen.variables(), val["recon"], val["kspace"],
+                               val["mask"], val["maps"])
+        return {"psnr": float(jnp.mean(psnr(jnp.abs(out), jnp.abs(val["target"]))))}
+
+    print(f"[invsharp] training {label} ({method}, c={config.coeff}, "
+          f"{_count(network.init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))['params']) / 1e6:.2f}M"
+          " parameters)")
+    state = fit(train_step=isn.make_train_step(network, config, method,
+                                               isn.Critic(tuple(config.critic_features))),
+                state=states, batch_fn=random_batches(train, batch_size=args.batch_size,
+                                                      seed=args.seed + 1),
+                num_steps=args.steps, key=jax.random.key(args.seed + 1),
+                workdir=workdir / _slug(label), checkpoint_every=preset.checkpoint_every,
+                eval_every=max(args.steps // 2, 1), eval_fn=eval_fn, resume=args.resume,
+                desc=label)
+    gen = state["generator"] if isinstance(state, dict) else state
+    return network, gen.variables()
+
+
+def _val_subset(data, recon, preset):
+    n = preset.eval_slices
+    return {"recon": recon["val"][:n], **{k: v[:n] for k, v in data["val"].items()}}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def image_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-slice PSNR, SSIM, SSIM contrast and LPIPS of magnitudes ``(N, H, W)``.
+
+    Each slice uses its own target maximum as data range (the fastMRI volume-max convention
+    needs volumes; the slices here come from several orientations).
+    """
+    pred, target = np.abs(pred), np.abs(target)
+    data_range = target.max(axis=(-2, -1))
+    scale = data_range[:, None, None]
+    return {
+        "PSNR": np.asarray(psnr(pred, target, data_range=data_range)),
+        "SSIM": np.asarray(ssim(pred, target, data_range=data_range)),
+        "Contrast": np.asarray(ssim_contrast(pred, target, data_range=data_range)),
+        "LPIPS": np.asarray(lpips(np.clip(pred / scale, 0, 1), target / scale, net="alex")),
+    }
+
+
+def sharpened_outputs(network, variables, split: dict, recon: np.ndarray,
+                      batch_size: int) -> np.ndarray:
+    """Forward inference + DC over a whole split, ``(N, H, W)`` complex64."""
+    arrays = {"recon": recon, "kspace": split["kspace"], "mask": split["mask"],
+              "maps": split["maps"]}
+    return map_batches(functools.partial(_sharpen_with_dc, network, variables), arrays,
+                       batch_size=batch_size)
+
+
+# Variables are arguments, not closed-over constants, so methods that share an architecture
+# share one compiled function (a Flax module is a hashable static argument).
+_sharpen_with_dc = jax.jit(isn.sharpen_with_dc, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnames=("network", "mode"))
+def _ablation_errors(variables, recon, target, zero_filled, *, network, mode):
+    """Per-slice inversion error map ``(B, H, W)`` and backward L1 error ``(B,)``."""
+    inv = isn.inversion_error(network, variables, target, zero_filled, mode=mode)
+    (images, _), _ = isn.backward_images(network, variables, target, zero_filled, mode=mode)
+    return {"inv": inv, "back": jnp.mean(jnp.abs(images - recon[:, None]), axis=(1, 2, 3))}
+
+
+def ablation(preset, data, recon, workdir, args, trained_back):
+    """Fig. 3b analog: inversion error per c (2 iterations) and backward error per network."""
+    test = {"recon": recon["test"], "target": data["test"]["target"],
+            "zero_filled": data["test"]["zero_filled"]}
+    rows, maps = {}, {}
+    mode = Unrolled(preset.network.inverse_iterations)
+    runs = [(f"c={c}", dataclasses.replace(preset.network, coeff=c))
+            for c in sorted((*preset.ablation_coeffs, preset.network.coeff))]
+    runs.append((f"small c={preset.network.coeff}", preset.small_network))
+    for label, config in runs:
+        if config == preset.network:
+            network, variables = trained_back
+        else:
+            network, variables = train_method(preset, config, "back", data, recon, workdir,
+                                              args, f"ablation back {label}")
+        errors = functools.partial(_ablation_errors, variables, network=network, mode=mode)
+        out = map_batches(errors, test, batch_size=preset.batch_size)
+        scale = np.abs(test["target"]).max(axis=(-2, -1))
+        rows[label] = {"inversion error": out["inv"].mean(axis=(-2, -1)) / scale,
+                       "backward error": out["back"] / scale,
+                       "parameters": np.full(1, _count(variables["params"]))}
+        maps[label] = out["inv"][0]
+    return rows, maps
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = experiment_parser(__doc__, presets=PRESETS, name="invsharp")
+    parser.add_argument("--recon-model", type=int, choices=(1, 2), default=1,
+                        help="which reconstruction model makes the blurry input: 1 = DC "
+                             "cascade (Table 2), 2 = U-Net (Table A1)")
+    parser.add_argument("--eval-data", default=None, metavar="PATH",
+                        help="also evaluate the trained models on all slices of this volume "
+                             "(NIfTI or fastMRI): the generalisation table")
+    parser.add_argument("--no-ablation", action="store_true",
+                        help="skip the Lipschitz-constant and network-size ablation")
+    parser.add_argument("--recon-steps", type=int, default=None,
+                        help="training steps of the reconstruction model (default: preset)")
+    args = parser.parse_args(argv)
+    setup = setup_from_args(args)
+    preset: Preset = setup.preset
+    workdir = Path(setup.workdir)
+    args.steps = args.steps or preset.steps
+    args.recon_steps = args.recon_steps or (preset.recon_steps if args.steps == preset.steps
+                                            else args.steps)
+    args.batch_size = args.batch_size or preset.batch_size
+    started = time.time()
+    try:
+        summary = run(preset, args, workdir)
+    except TrainingInterrupted as e:
+        print(f"\ninterrupted at step {e.step}, checkpoint saved in {e.checkpoint_path}; "
+              f"rerun the same command (or add --resume) to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+    except NonFiniteLossError as e:
+        print(f"\n{e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    minutes = (time.time() - started) / 60
+    print(f"[invsharp] done in {minutes:.1f} min; results in {workdir}")
+    return summary
+
+
+def run(preset: Preset, args, workdir: Path) -> dict:
+    print(f"[invsharp] preset {args.preset}: {preset.description}")
+    print(f"[invsharp] devices: {jax.device_count()} x {jax.devices()[0].platform}")
+    data = load_acquisitions(args.data, preset, args.seed)
+    print("[invsharp] slices: " + ", ".join(f"{s} {d['target'].shape[0]}"
+                                            for s, d in data.items())
+          + f"; mask acceleration {float(np.mean(1 / data['test']['mask'].mean((1, 2)))):.2f}x")
+    which = args.recon_model
+    recon, predict_recon = train_recon(preset, which, data, workdir, args)
+
+    trained = {}
+    for label, method, weights in METHOD_RUNS:
+        config = dataclasses.replace(preset.network, **weights)
+        trained[label] = train_method(preset, config, method, data, recon, workdir, args, label)
+
+    test = data["test"]
+    outputs = {f"Recon model {which}": recon["test"]}
+    for label, (network, variables) in trained.items():
+        outputs[label] = sharpened_outputs(network, variables, test, recon["test"],
+                                           preset.batch_size)
+    per_slice = {label: image_metrics(out, test["target"]) for label, out in outputs.items()}
+    summary = summarise(per_slice)
+    table = "table2" if which == 1 else "tableA1"
+    write_results(summary, workdir, table, metrics=["PSNR", "SSIM", "Contrast"],
+                  title=f"Table {'2' if which == 1 else 'A1'} analog: recon model {which} "
+                        f"and its refinements (test split, after DC)")
+    lpips_rows = {k: v for k, v in summary.items() if "cWGAN" not in k}
+    write_results(lpips_rows, workdir, "table3" if which == 1 else "tableA1_lpips",
+                  metrics=["LPIPS"], title="Table 3 analog: LPIPS (lower is closer to GT)")
+    _figures(workdir, outputs, test)
+    results = {"table2": summary}
+
+    if not args.no_ablation:
+        rows, maps = ablation(preset, data, recon, workdir, args,
+                              trained["InvSharpNet(back)"])
+        ablation_summary = summarise(rows)
+        write_results(ablation_summary, workdir, "ablation",
+                      metrics=["inversion error", "backward error", "parameters"],
+                      title="Fig. 3b analog: inversion error |I - S(S^-1(I))| (2 iterations) "
+                            "and backward error, relative to the slice maximum",
+                      precision={"inversion error": 4, "backward error": 4, "parameters": 0})
+        save_panel(workdir / "fig3b_inversion_error.png",
+                   {k: v for k, v in maps.items()})
+        results["ablation"] = ablation_summary
+
+    if args.eval_data:
+        other = load_acquisitions(args.eval_data, preset, args.seed, splits=("all",))["all"]
+        results["generalisation"] = _evaluate_elsewhere(preset, which, workdir, other, trained,
+                                                        predict_recon, args)
+    (workdir / "summary.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    return results
+
+
+def _evaluate_elsewhere(preset, which, workdir, other, trained, predict_recon, args):
+    """Generalisation: the trained recon model and refinements on another volume."""
+    recon = predict_recon(other)
+    outputs = {f"Recon model {which}": recon}
+    for label, (network, variables) in trained.items():
+        outputs[label] = sharpened_outputs(network, variables, other, recon, preset.batch_size)
+    summary = summarise({k: image_metrics(v, other["target"]) for k, v in outputs.items()})
+    write_results(summary, workdir, "generalisation",
+                  metrics=["PSNR", "SSIM", "Contrast", "LPIPS"],
+                  title=f"Generalisation to {args.eval_data}")
+    return summary
+
+
+def _figures(workdir: Path, outputs: dict, test: dict) -> None:
+    """Fig. 2 panel (with zoom box and k-space) and the Fig. A1 line profile."""
+    # The test slice with the most structure (largest target gradient energy) is the example.
+    target = np.abs(test["target"])
+    energy = [np.sum(np.abs(np.diff(t, axis=0))) + np.sum(np.abs(np.diff(t, axis=1)))
+              for t in target]
+    i = int(np.argmax(energy))
+    keys = [k for k in outputs if k != "cWGAN γ=0.01"]
+    images = {k: np.abs(outputs[k][i]) for k in keys}
+    images["GT"] = target[i]
+    size = target.shape[-1]
+    box = (size // 3, size // 3, size // 4, size // 4)
+    save_panel(workdir / "fig2_panel.png", images, target_key="GT", zoom_box=box, kspace=True)
+    save_line_profile(workdir / "figA1_profile.png", images, row=size // 2)
+
+
+if __name__ == "__main__":
+    main()

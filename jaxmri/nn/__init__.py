@@ -1,0 +1,26 @@
+"""Flax linen building blocks shared by the five papers (NHWC real arrays).
+
+* :mod:`~jaxmri.nn.layers`: complex images <-> real/imag channels.
+* :mod:`~jaxmri.nn.unet`: the U-Net used as a reconstruction, refinement and segmentation net.
+* :mod:`~jaxmri.nn.spectral`: spectral-normalised convolution (power iteration on the conv
+  operator itself) and a long power iteration to measure any linear map's norm.
+* :mod:`~jaxmri.nn.fixed_point`: fixed-point inversion of ``y = x + g(x)`` with the gradient
+  method as a value (:class:`Implicit` custom_vjp or :class:`Unrolled` autodiff).
+* :mod:`~jaxmri.nn.invertible`: invertible residual blocks and sequences (iResNet).
+
+Further paper-specific layers live in their own submodules (import them from there).
+"""
+
+from jaxmri.nn.fixed_point import FixedPointInfo, Implicit, Unrolled, invert_residual
+from jaxmri.nn.invertible import InvertibleResidualBlock, InvertibleSequence, ResidualBranch
+from jaxmri.nn.layers import channels_to_complex, complex_to_channels
+from jaxmri.nn.spectral import SpectralNormConv, operator_norm
+from jaxmri.nn.unet import UNet
+
+__all__ = [
+    "FixedPointInfo", "Implicit", "Unrolled", "invert_residual",
+    "InvertibleResidualBlock", "InvertibleSequence", "ResidualBranch",
+    "channels_to_complex", "complex_to_channels",
+    "SpectralNormConv", "operator_norm",
+    "UNet",
+]
