@@ -1,0 +1,476 @@
+"""IFR-Net (Liu et al., paper 002): unrolled iterative feature refinement for CS-MRI.
+
+``python -m experiments.ifrnet [--preset smoke|cpu|paper] [--workdir DIR] [--ablations] ...``
+
+Real-valued pipeline (the paper's amplitude-image experiments, Tables IV and V), per slice:
+
+1. The target is the real magnitude slice ``r`` (MNI152 T1 by default, values in [0, 1]).
+2. ``acquire_slices(..., num_coils=1, snr_db=preset.snr_db)`` simulates a single-coil
+   acquisition of ``r`` with a smooth random phase and coil phase; we keep its mask and its
+   k-space noise realisation ``n = y - M F(S x)`` (zero off the mask) and re-measure the real
+   image: ``y_r = M F r + n``. So the noise and mask are exactly ``acquire_slices``', but the
+   measured object is real, as in the paper (which builds real single-channel images before
+   simulating the undersampling). ``snr_db=None`` (the paper's noise-free simulation) gives
+   ``y_r = M F r``.
+3. Every method sees ``(y_r, M)`` (or the zero-filled ``F^-1 y_r``); IFR-CS, ADMM-Net and IFR-Net
+   run their real-valued variants (each reconstruction layer keeps ``Re F^-1(...)``); D5-C5 and
+   the U-Net are the complex networks of :mod:`jaxmri.models.recon` (maps of ones). Metrics
+   (PSNR with the per-slice target maximum, HFEN, SSIM) compare ``|output|`` with ``r``.
+
+Methods: zero-filling; IFR-CS (non-learned, its threshold hand-set by a grid search on the
+validation split, as the paper hand-tunes it); ADMM-Net; IFR-Net; D5-C5 (5 cascades x 5 convs);
+U-Net on the zero-filled image. Every learned method minimises the normalised error of eq. 12
+with Adam (the paper uses SGD with momentum on batch 1; Adam is our deviation, for short CPU
+schedules). Masks: pseudo-radial at the Table IV rates; 1-D random (Gaussian variable density
+columns), 2-D random (variable density) and pseudo-radial at 25 % (Table V).
+
+Outputs in the workdir: ``table_iv.md/.json`` and ``table_v.md/.json`` (one block per mask),
+per-mask tables ``table_<mask>.md/.json``, ``fig7_<mask>.png`` (reconstructions and error
+maps), ``fig12_t_maps.png`` (IFR-Net's feature descriptor T per stage); with ``--ablations``
+``table_ii.md`` (blocks K), ``table_iii.md`` (filters L, random init), ``table_ix.md`` (DCT vs
+random init), ``table_x.md`` (weight sharing) at 40 % pseudo-radial. Each trained model has its
+own subfolder (``<mask>/<method>``), so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmri.data import acquire_slices, load_slices
+from jaxmri.metrics import hfen, psnr, ssim
+from jaxmri.models import ifrnet as ifr
+from jaxmri.models.recon import DCCascade, UNetRecon
+from jaxmri.physics import (
+    gaussian_cartesian_mask,
+    pseudo_radial_mask,
+    variable_density_random_mask,
+)
+from jaxmri.train import (
+    NonFiniteLossError,
+    TrainingInterrupted,
+    create_train_state,
+    fit,
+    map_batches,
+    random_batches,
+    summarise,
+    write_results,
+)
+from jaxmri.train.cli import experiment_parser, setup_from_args
+from jaxmri.train.figures import save_panel
+
+SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
+METRICS = ("PSNR", "HFEN", "SSIM", "time_ms")
+PRECISION = {"PSNR": 2, "HFEN": 3, "SSIM": 4, "time_ms": 2}
+LEARNED = ("ADMM-Net", "IFR-Net", "D5-C5", "U-Net")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One configuration of the IFR-Net experiment (see ``description``)."""
+
+    description: str
+    image_size: int
+    num_train: int
+    num_val: int
+    num_test: int
+    table_iv_rates: tuple[float, ...]
+    table_v_masks: tuple[str, ...]
+    learned: tuple[str, ...]
+    ifr_stages: int
+    ifr_blocks: int
+    ifr_features: int
+    admm_stages: int
+    dc_features: int
+    unet_features: tuple[int, ...]
+    steps: int
+    batch_size: int
+    learning_rate: float
+    ifr_cs_iters: int
+    ifr_cs_thresholds: tuple[float, ...]
+    ablation_steps: int
+    ablation_stages: int
+    snr_db: float | None = None
+
+
+PRESETS = {
+    "smoke": Preset(
+        description="python -m experiments.ifrnet --preset smoke: about 1 minute on 2 CPU cores; "
+        "tiny ADMM-Net and IFR-Net on 32x32 slices, Table IV at 20 % only (numbers "
+        "meaningless).",
+        image_size=32, num_train=8, num_val=4, num_test=4,
+        table_iv_rates=(0.2,), table_v_masks=(),
+        learned=("ADMM-Net", "IFR-Net"),
+        ifr_stages=2, ifr_blocks=1, ifr_features=4, admm_stages=2, dc_features=4,
+        unet_features=(4, 8), steps=3, batch_size=2, learning_rate=1e-3,
+        ifr_cs_iters=5, ifr_cs_thresholds=(0.02,), ablation_steps=2, ablation_stages=2,
+    ),
+    "cpu": Preset(
+        description="python -m experiments.ifrnet: about 12 minutes on 2 idle CPU cores; "
+        "64x64 slices, 100 training slices, IFR-Net (7 stages, K=2, L=8) vs ADMM-Net (10 "
+        "stages), IFR-CS and zero-filling (the methods of the paper's Tables IV and V; D5-C5 "
+        "and the U-Net only in the paper preset), 150 Adam steps each; Table IV at 20 % "
+        "pseudo-radial and Table V (1-D random, 2-D random, pseudo-radial at 25 %). Expected "
+        "ordering: IFR-Net above ADMM-Net, IFR-CS above zero-filling (PSNR/SSIM up, HFEN down).",
+        image_size=64, num_train=100, num_val=8, num_test=33,
+        table_iv_rates=(0.2,), table_v_masks=("1d_random", "2d_random", "radial25"),
+        learned=("ADMM-Net", "IFR-Net"),
+        ifr_stages=7, ifr_blocks=2, ifr_features=8, admm_stages=10, dc_features=32,
+        unet_features=(16, 32, 64), steps=150, batch_size=4, learning_rate=2e-3,
+        ifr_cs_iters=50, ifr_cs_thresholds=(0.01, 0.02, 0.04, 0.08),
+        ablation_steps=200, ablation_stages=5,
+    ),
+    "paper": Preset(
+        description="python -m experiments.ifrnet --preset paper: several hours on 2 CPU "
+        "cores (use a GPU); 128x128 slices, 100 training slices, the paper's IFR-Net (7 "
+        "stages, K=2, L=8, w_f=3) for 18000 steps (180 epochs of 100 slices), ADMM-Net with "
+        "15 stages, D5-C5 with 64 channels; all of Table IV (10-40 %) and Table V.",
+        image_size=128, num_train=100, num_val=10, num_test=33,
+        table_iv_rates=(0.1, 0.2, 0.3, 0.4),
+        table_v_masks=("1d_random", "2d_random", "radial25"),
+        learned=("ADMM-Net", "IFR-Net", "D5-C5", "U-Net"),
+        ifr_stages=7, ifr_blocks=2, ifr_features=8, admm_stages=15, dc_features=64,
+        unet_features=(32, 64, 128, 256), steps=18000, batch_size=2, learning_rate=1e-3,
+        ifr_cs_iters=100, ifr_cs_thresholds=(0.005, 0.01, 0.02, 0.04, 0.08),
+        ablation_steps=9000, ablation_stages=7,
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def mask_function(name: str, image_size: int) -> Callable:
+    """``mask_fn(rng, shape)`` of a named setting: ``radial<pct>``, ``1d_random``, ``2d_random``."""
+    if name.startswith("radial"):
+        return functools.partial(pseudo_radial_mask, sampling_rate=int(name[6:]) / 100.0)
+    if name == "1d_random":
+        # 25 %: a quarter of the columns, about 8 % of them as a fully sampled centre.
+        return functools.partial(gaussian_cartesian_mask, acceleration=4.0,
+                                 center_lines=max(2, round(0.08 * image_size)))
+    if name == "2d_random":
+        return functools.partial(variable_density_random_mask, acceleration=4.0)
+    raise ValueError(f"unknown mask setting {name!r}")
+
+
+def _fft2c(x: np.ndarray) -> np.ndarray:
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"),
+                           axes=(-2, -1))
+
+
+def _ifft2c(k: np.ndarray) -> np.ndarray:
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"),
+                           axes=(-2, -1))
+
+
+def real_valued_acquisition(slices: dict, indices: np.ndarray, *, mask_fn: Callable, seed: int,
+                            snr_db: float | None) -> dict[str, np.ndarray]:
+    """The real-valued single-coil acquisition described in the module docstring.
+
+    Returns numpy arrays: ``target`` ``(N, H, W)`` float32 (the magnitude slice), ``kspace``
+    ``(N, H, W)`` complex64 (``M F target + M n``), ``mask`` ``(N, H, W)`` float32,
+    ``zero_filled`` ``(N, H, W)`` complex64 (``F^-1 kspace``).
+    """
+    acq = acquire_slices(slices, indices, mask_fn=mask_fn, seed=seed, num_coils=1,
+                         snr_db=snr_db)
+    mask, maps = acq["mask"], acq["maps"][:, 0]
+    noise = acq["kspace"][:, 0] - mask * _fft2c(maps * acq["target"])
+    target = np.abs(acq["target"]).astype(np.float32)
+    kspace = (mask * _fft2c(target) + noise).astype(np.complex64)
+    return {"target": target, "kspace": kspace, "mask": mask.astype(np.float32),
+            "zero_filled": _ifft2c(kspace).astype(np.complex64)}
+
+
+def load_setting(slices: dict, preset: Preset, setting: str) -> dict[str, dict]:
+    """``{split: acquisition}`` of one mask setting (a different seed per split)."""
+    mask_fn = mask_function(setting, preset.image_size)
+    counts = {"train": preset.num_train, "val": preset.num_val, "test": preset.num_test}
+    out = {}
+    for split, count in counts.items():
+        n = len(slices[split]["image"])
+        indices = np.arange(min(count, n))
+        if count < n:  # spread the subset over the whole split (all orientations)
+            indices = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
+        out[split] = real_valued_acquisition(slices[split], indices, mask_fn=mask_fn,
+                                             seed=SPLIT_SEEDS[split], snr_db=preset.snr_db)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------
+
+
+def build_model(method: str, preset: Preset, **overrides) -> nn.Module:
+    """The Flax module of a learned method (``overrides`` replace IFR-Net attributes)."""
+    if method == "IFR-Net":
+        options = dict(num_stages=preset.ifr_stages, num_blocks=preset.ifr_blocks,
+                       features=preset.ifr_features, real_valued=True)
+        return ifr.IFRNet(**{**options, **overrides})
+    if method == "ADMM-Net":
+        return ifr.ADMMNet(num_stages=preset.admm_stages, real_valued=True)
+    if method == "D5-C5":
+        return DCCascade(num_cascades=5, convs_per_cascade=5, features=preset.dc_features,
+                         negative_slope=0.0)
+    if method == "U-Net":
+        return UNetRecon(features=preset.unet_features)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def predictor(method: str, module: nn.Module) -> Callable:
+    """``predict(variables, batch) -> image (N, H, W)`` for a learned method."""
+    if method in ("IFR-Net", "ADMM-Net"):
+        return lambda variables, b: module.apply(variables, b["kspace"], b["mask"])
+
+    def predict(variables, b):
+        maps = jnp.ones_like(b["kspace"])[:, None]
+        return module.apply(variables, b["zero_filled"], b["kspace"][:, None],
+                            b["mask"][:, None], maps)
+
+    return predict
+
+
+def train_method(method: str, module: nn.Module, data: dict, preset: Preset, workdir: Path,
+                 args, *, steps: int) -> dict:
+    """Train one method with :func:`fit` in ``workdir`` (resumes); returns its variables."""
+    train = data["train"]
+    predict = predictor(method, module)
+    variables = jax.jit(module.init)(jax.random.PRNGKey(args.seed),
+                                     *_example_inputs(method, train))
+    batch_size = args.batch_size or preset.batch_size
+    tx = optax.adam(preset.learning_rate)
+    state = create_train_state(module, tx, variables)
+    state = fit(train_step=ifr.make_train_step(predict), state=state,
+                batch_fn=random_batches(train, batch_size=batch_size, seed=args.seed),
+                num_steps=steps, key=jax.random.PRNGKey(args.seed + 1), workdir=workdir,
+                checkpoint_every=max(steps // 2, 1), keep_checkpoints=1,
+                log_every=max(steps // 20, 1), resume=args.resume,
+                desc=f"{method} ({workdir.parent.name})")
+    return state.variables()
+
+
+def _example_inputs(method: str, split: dict) -> tuple:
+    b = {k: jnp.asarray(v[:1]) for k, v in split.items()}
+    if method in ("IFR-Net", "ADMM-Net"):
+        return b["kspace"], b["mask"]
+    return (b["zero_filled"], b["kspace"][:, None], b["mask"][:, None],
+            jnp.ones_like(b["kspace"])[:, None])
+
+
+def run_inference(fn: Callable, split: dict, batch_size: int) -> tuple[np.ndarray, float]:
+    """``(|outputs| (N, H, W), milliseconds per slice)``; compile time excluded by a warm-up."""
+    arrays = {k: split[k] for k in ("kspace", "mask", "zero_filled")}
+    warm = {k: v[:batch_size] for k, v in arrays.items()}
+    map_batches(fn, warm, batch_size=batch_size)
+    start = time.perf_counter()
+    out = map_batches(fn, arrays, batch_size=batch_size)
+    elapsed = time.perf_counter() - start
+    return np.abs(np.asarray(out)).astype(np.float32), 1e3 * elapsed / len(split["target"])
+
+
+def tune_ifr_cs(val: dict, preset: Preset) -> dict:
+    """Hand-set IFR-CS: pick the threshold with the best mean PSNR on the validation split."""
+    best = None
+    for threshold in preset.ifr_cs_thresholds:
+        out = np.abs(np.asarray(ifr.ifr_cs(jnp.asarray(val["kspace"]), jnp.asarray(val["mask"]),
+                                           num_iters=preset.ifr_cs_iters,
+                                           threshold=threshold)))
+        score = float(np.mean(np.asarray(psnr(out, val["target"]))))
+        if best is None or score > best[0]:
+            best = (score, threshold)
+    return {"threshold": best[1], "num_iters": preset.ifr_cs_iters}
+
+
+def image_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-slice PSNR (dB, target maximum as range), HFEN and SSIM of magnitude images."""
+    pred, target = jnp.asarray(pred), jnp.asarray(target)
+    return {"PSNR": np.asarray(psnr(pred, target)), "HFEN": np.asarray(hfen(pred, target)),
+            "SSIM": np.asarray(ssim(pred, target))}
+
+
+# --------------------------------------------------------------------------------------------
+# One mask setting
+# --------------------------------------------------------------------------------------------
+
+
+def run_setting(setting: str, slices: dict, preset: Preset, workdir: Path, args) -> dict:
+    """Evaluate every method on one mask; returns ``{'per_slice', 'outputs', 'ifr'}``."""
+    data = load_setting(slices, preset, setting)
+    test = data["test"]
+    batch = min(args.batch_size or preset.batch_size, len(test["target"]))
+    rate = float(np.mean(test["mask"]))
+    print(f"[{setting}] sampled fraction {100 * rate:.1f} %, {len(data['train']['target'])} "
+          f"train / {len(test['target'])} test slices")
+    outputs, per_slice = {}, {}
+
+    zf_fn = jax.jit(lambda kspace, mask, zero_filled: zero_filled)
+    outputs["Zero-filled"], ms = run_inference(zf_fn, test, batch)
+    per_slice["Zero-filled"] = {**image_metrics(outputs["Zero-filled"], test["target"]),
+                                "time_ms": np.full(len(test["target"]), ms)}
+
+    cs = tune_ifr_cs(data["val"], preset)
+    print(f"[{setting}] IFR-CS: threshold {cs['threshold']} (best on val), "
+          f"{cs['num_iters']} iterations")
+    cs_fn = jax.jit(lambda kspace, mask, zero_filled: ifr.ifr_cs(kspace, mask, **cs))
+    outputs["IFR-CS"], ms = run_inference(cs_fn, test, batch)
+    per_slice["IFR-CS"] = {**image_metrics(outputs["IFR-CS"], test["target"]),
+                           "time_ms": np.full(len(test["target"]), ms)}
+
+    trained = {}
+    for method in preset.learned:
+        module = build_model(method, preset)
+        variables = train_method(method, module, data, preset, workdir / setting / method, args,
+                                 steps=args.steps or preset.steps)
+        trained[method] = (module, variables)
+        predict = predictor(method, module)
+        fn = jax.jit(lambda kspace, mask, zero_filled, p=predict, v=variables: p(
+            v, {"kspace": kspace, "mask": mask, "zero_filled": zero_filled}))
+        outputs[method], ms = run_inference(fn, test, batch)
+        per_slice[method] = {**image_metrics(outputs[method], test["target"]),
+                             "time_ms": np.full(len(test["target"]), ms)}
+    summary = summarise(per_slice)
+    write_results(summary, workdir, f"table_{setting}", metrics=METRICS, precision=PRECISION,
+                  title=f"{setting}: {100 * rate:.1f} % sampled, mean ± sd over "
+                  f"{len(test['target'])} test slices (time: ms per slice)")
+    save_panel(workdir / f"fig7_{setting}.png",
+               {**{k: v[0] for k, v in outputs.items()}, "target": test["target"][0]},
+               error_scale=4.0)
+    return {"summary": summary, "data": data, "trained": trained}
+
+
+def save_t_maps(path: Path, module: nn.Module, variables, test: dict, title: str) -> None:
+    """Fig. 12 analog: reference, IFR-Net output and T of every stage, for test slice 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out, stages = jax.jit(functools.partial(module.apply, return_stages=True))(
+        variables, jnp.asarray(test["kspace"][:1]), jnp.asarray(test["mask"][:1]))
+    t_maps = np.asarray(stages["t"][0])
+    panels = [("reference", test["target"][0]), ("IFR-Net", np.abs(np.asarray(out[0])))]
+    panels += [(f"T, stage {n + 1}", t) for n, t in enumerate(t_maps)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2 * len(panels), 2.3), squeeze=False)
+    for ax, (label, image) in zip(axes[0], panels, strict=True):
+        # One grey scale [0, 1] for every T map so that stages compare.
+        ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0 if label.startswith("T") else None)
+        ax.set_title(label, fontsize=8)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Ablations (Tables II, III, IX, X)
+# --------------------------------------------------------------------------------------------
+
+
+def run_ablations(slices: dict, preset: Preset, workdir: Path, args) -> dict:
+    """IFR-Net variants at 40 % pseudo-radial: blocks, filters, initialisation, sharing."""
+    data = load_setting(slices, preset, "radial40")
+    test = data["test"]
+    batch = min(args.batch_size or preset.batch_size, len(test["target"]))
+    base = dict(num_stages=preset.ablation_stages, num_blocks=2, features=8, filter_init="dct")
+    variants = {
+        "K=2 (DCT)": base,
+        "K=3": {**base, "num_blocks": 3},
+        "K=4": {**base, "num_blocks": 4},
+        "L=8 (random)": {**base, "filter_init": "random"},
+        "L=64": {**base, "features": 64, "filter_init": "random"},
+        "L=128": {**base, "features": 128, "filter_init": "random"},
+        "shared": {**base, "share_weights": True},
+    }
+    per_slice = {}
+    for name, options in variants.items():
+        module = build_model("IFR-Net", preset, **options)
+        folder = workdir / "ablations" / name.replace(" ", "").replace("(", "_").replace(")", "")
+        variables = train_method("IFR-Net", module, data, preset, folder, args,
+                                 steps=preset.ablation_steps)
+        fn = jax.jit(lambda kspace, mask, zero_filled, m=module, v=variables: m.apply(
+            v, kspace, mask))
+        out, ms = run_inference(fn, test, batch)
+        per_slice[name] = {**image_metrics(out, test["target"]),
+                           "time_ms": np.full(len(test["target"]), ms)}
+    summary = summarise(per_slice)
+    tables = {
+        "table_ii": (["K=2 (DCT)", "K=3", "K=4"], "Table II: blocks K (DCT init, L=8)"),
+        "table_iii": (["L=8 (random)", "L=64", "L=128"], "Table III: filters L (random init)"),
+        "table_ix": (["K=2 (DCT)", "L=8 (random)"], "Table IX: DCT vs random initialisation"),
+        "table_x": (["shared", "K=2 (DCT)"], "Table X: shared vs separate Z weights"),
+    }
+    for name, (rows, title) in tables.items():
+        write_results({r: summary[r] for r in rows}, workdir, name, metrics=METRICS,
+                      precision=PRECISION, title=f"{title}, {preset.ablation_stages} stages, "
+                      f"40 % pseudo-radial")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _combined(name: str, title: str, summaries: dict, workdir: Path) -> None:
+    blocks = [f"## {title}", ""]
+    for setting in summaries:
+        blocks.append((workdir / f"table_{setting}.md").read_text())
+    (workdir / f"{name}.md").write_text("\n".join(blocks))
+    (workdir / f"{name}.json").write_text(json.dumps(summaries, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the experiment; returns ``{'table_iv': {mask: summary}, 'table_v': {...}}``."""
+    parser = experiment_parser(__doc__, presets=PRESETS, name="ifrnet")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also train the IFR-Net variants of Tables II, III, IX and X")
+    args = parser.parse_args(argv)
+    setup = setup_from_args(args)
+    preset, workdir = setup.preset, setup.workdir
+    print(f"IFR-Net experiment, preset {setup.preset_name}, workdir {workdir}")
+    try:
+        slices = {split: load_slices(args.data, image_size=preset.image_size, split=split)
+                  for split in SPLIT_SEEDS}
+        table_iv = [f"radial{round(100 * r)}" for r in preset.table_iv_rates]
+        settings = list(dict.fromkeys(table_iv + list(preset.table_v_masks)))
+        results = {s: run_setting(s, slices, preset, workdir, args) for s in settings}
+        out = {
+            "table_iv": {s: results[s]["summary"] for s in table_iv},
+            "table_v": {s: results[s]["summary"] for s in preset.table_v_masks},
+        }
+        _combined("table_iv", "Table IV analog: pseudo-radial sampling rates", out["table_iv"],
+                  workdir)
+        _combined("table_v", "Table V analog: sampling patterns at 25 %", out["table_v"],
+                  workdir)
+        fig_setting = "2d_random" if "2d_random" in results else settings[0]
+        if "IFR-Net" in results[fig_setting]["trained"]:
+            module, variables = results[fig_setting]["trained"]["IFR-Net"]
+            save_t_maps(workdir / "fig12_t_maps.png", module, variables,
+                        results[fig_setting]["data"]["test"],
+                        f"IFR-Net feature descriptor maps, {fig_setting}")
+        if args.ablations:
+            out["ablations"] = run_ablations(slices, preset, workdir, args)
+    except TrainingInterrupted as err:
+        print(f"interrupted at step {err.step}, checkpoint saved, rerun with --resume")
+        sys.exit(130)
+    except NonFiniteLossError as err:
+        print(f"stopped: {err}")
+        sys.exit(1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
