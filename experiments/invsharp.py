@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -138,7 +139,9 @@ METHOD_RUNS = (
 
 
 def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
+    """ASCII folder name for a method label: 'cWGAN γ=0.01' -> 'cwgan_gamma_0_01'."""
+    ascii_label = label.replace("γ", "gamma").encode("ascii", "ignore").decode()
+    return re.sub(r"[^0-9a-zA-Z]+", "_", ascii_label).strip("_").lower()
 
 
 # ------------------------------------------------------------------------------------ data
