@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,8 +57,6 @@ from jaxmri.physics import (
     variable_density_random_mask,
 )
 from jaxmri.train import (
-    NonFiniteLossError,
-    TrainingInterrupted,
     create_train_state,
     fit,
     map_batches,
@@ -67,7 +64,7 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import experiment_parser, setup_from_args
+from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
 from jaxmri.train.figures import save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -441,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     setup = setup_from_args(args)
     preset, workdir = setup.preset, setup.workdir
     print(f"IFR-Net experiment, preset {setup.preset_name}, workdir {workdir}")
-    try:
+    with exit_on_training_stop():
         slices = {split: load_slices(args.data, image_size=preset.image_size, split=split)
                   for split in SPLIT_SEEDS}
         table_iv = [f"radial{round(100 * r)}" for r in preset.table_iv_rates]
@@ -463,12 +460,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         f"IFR-Net feature descriptor maps, {fig_setting}")
         if args.ablations:
             out["ablations"] = run_ablations(slices, preset, workdir, args)
-    except TrainingInterrupted as err:
-        print(f"interrupted at step {err.step}, checkpoint saved, rerun with --resume")
-        sys.exit(130)
-    except NonFiniteLossError as err:
-        print(f"stopped: {err}")
-        sys.exit(1)
     return out
 
 

@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import json
 import re
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,8 +48,6 @@ from jaxmri.nn.fixed_point import Unrolled
 from jaxmri.nn.layers import complex_to_channels
 from jaxmri.physics import equispaced_column_mask
 from jaxmri.train import (
-    NonFiniteLossError,
-    TrainingInterrupted,
     apply_mean_gradients,
     create_train_state,
     fit,
@@ -59,7 +56,7 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import experiment_parser, setup_from_args
+from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
 from jaxmri.train.figures import save_line_profile, save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -373,15 +370,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                             else args.steps)
     args.batch_size = args.batch_size or preset.batch_size
     started = time.time()
-    try:
+    with exit_on_training_stop():
         summary = run(preset, args, workdir)
-    except TrainingInterrupted as e:
-        print(f"\ninterrupted at step {e.step}, checkpoint saved in {e.checkpoint_path}; "
-              f"rerun the same command (or add --resume) to continue", file=sys.stderr)
-        raise SystemExit(130) from None
-    except NonFiniteLossError as e:
-        print(f"\n{e}", file=sys.stderr)
-        raise SystemExit(1) from None
     minutes = (time.time() - started) / 60
     print(f"[invsharp] done in {minutes:.1f} min; results in {workdir}")
     return summary

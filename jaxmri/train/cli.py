@@ -18,6 +18,7 @@ as "resume automatically when the workdir holds a checkpoint".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import sys
@@ -27,8 +28,30 @@ from pathlib import Path
 from typing import Any
 
 from jaxmri.train import distributed
+from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
-__all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_summary"]
+__all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_summary",
+           "exit_on_training_stop"]
+
+
+@contextlib.contextmanager
+def exit_on_training_stop():
+    """Turn the two ways :func:`jaxmri.train.fit` stops early into a message and an exit code.
+
+    * Ctrl-C (:class:`TrainingInterrupted`): the checkpoint is saved; say how to continue and
+      exit with 130 (the shell's code for SIGINT).
+    * A non-finite loss (:class:`NonFiniteLossError`): print its message (step and last good
+      checkpoint) and exit with 1.
+    """
+    try:
+        yield
+    except TrainingInterrupted as err:
+        print(f"\ninterrupted at step {err.step}, checkpoint saved in {err.checkpoint_path}; "
+              "rerun the same command (or add --resume) to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+    except NonFiniteLossError as err:
+        print(f"\nstopped: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def preset_summary(preset: object) -> str:

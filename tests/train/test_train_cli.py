@@ -144,3 +144,20 @@ def test_setup_rejects_inconsistent_process_flags():
         setup_from_args(parser().parse_args(["--num-processes", "2"]))
     with pytest.raises(ValueError, match="--process-id"):
         setup_from_args(parser().parse_args(["--process-id", "1"]))
+
+
+def test_exit_on_training_stop_maps_stops_to_exit_codes(capsys, tmp_path):
+    from jaxmri.train.cli import exit_on_training_stop
+    from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
+
+    with pytest.raises(SystemExit) as info, exit_on_training_stop():
+        raise TrainingInterrupted(7, tmp_path / "checkpoints" / "7")
+    assert info.value.code == 130
+    assert "interrupted at step 7" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info, exit_on_training_stop():
+        raise NonFiniteLossError(3, tmp_path / "checkpoints" / "2", {"loss": float("nan")})
+    assert info.value.code == 1
+    assert "step 3" in capsys.readouterr().err
+    with exit_on_training_stop():  # a normal run passes through untouched
+        value = 1 + 1
+    assert value == 2
