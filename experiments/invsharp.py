@@ -417,7 +417,7 @@ def run(preset: Preset, args, workdir: Path) -> dict:
                       metrics=["inversion error", "backward error", "parameters"],
                       title="Fig. 3b analog: inversion error |I - S(S^-1(I))| (2 iterations) "
                             "and backward error, relative to the slice maximum",
-                      precision={"inversion error": 4, "backward error": 4, "parameters": 0})
+                      precision={"inversion error": 6, "backward error": 4, "parameters": 0})
         save_panel(workdir / "fig3b_inversion_error.png",
                    {k: v for k, v in maps.items()})
         results["ablation"] = ablation_summary
