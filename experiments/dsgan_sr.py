@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,8 +72,6 @@ from jaxmri.physics.lowres import (
     scanner_lowres,
 )
 from jaxmri.train import (
-    NonFiniteLossError,
-    TrainingInterrupted,
     create_train_state,
     fit,
     map_batches,
@@ -82,7 +79,7 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import experiment_parser, setup_from_args
+from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
 from jaxmri.train.figures import save_line_profile, save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -356,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"[{time.perf_counter() - clock:6.1f} s] {text}")
 
     print(f"DSGAN + EDSR experiment, preset {setup.preset_name}, workdir {workdir}")
-    try:
+    with exit_on_training_stop():
         slices = {s: load_slices(args.data, image_size=preset.image_size, split=s)["image"]
                   for s in SPLIT_SEEDS}
         train = scanner_data(_subset(slices["train"], preset.num_train), preset,
@@ -433,12 +430,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "real LR": train["lr"][0], "DSN LR": pairs["DSN"][0],
             "DSGAN LR": pairs["DSGAN"][0]}, row)
         stage("done")
-    except TrainingInterrupted as err:
-        print(f"interrupted at step {err.step}, checkpoint saved, rerun with --resume")
-        sys.exit(130)
-    except NonFiniteLossError as err:
-        print(f"stopped: {err}")
-        sys.exit(1)
     return {"table2": table2, "table3": table3, "kernel": kernel_summary}
 
 

@@ -83,7 +83,6 @@ from jaxmri.nn.patchgan import PatchGAN
 from jaxmri.physics import gaussian_cartesian_mask
 from jaxmri.physics.cs import l1_wavelet_fista
 from jaxmri.train import (
-    TrainingInterrupted,
     create_train_state,
     fit,
     map_batches,
@@ -91,7 +90,7 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import experiment_parser, setup_from_args
+from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
 from jaxmri.train.figures import save_panel
 
 NUM_CLASSES = 4  # background, CSF, grey matter, white matter (embedded MNI152 labels)
@@ -424,14 +423,10 @@ def main(argv: list[str] | None = None) -> dict:
     workdir, seed = setup.workdir, args.seed
     print(f"[refine] preset {setup.preset_name}, workdir {workdir}, {jax.device_count()} "
           f"device(s)")
-    try:
-        # Partitionable threefry makes XLA:CPU compile random initialisers ~10x slower (30 s
-        # for a small U-Net's init); this run needs no sharded random numbers.
-        with jax.threefry_partitionable(False):
-            return _run(preset, workdir, data=args.data, seed=seed, resume=args.resume)
-    except TrainingInterrupted as stop:
-        print(f"interrupted at step {stop.step}, checkpoint saved, rerun with --resume")
-        raise SystemExit(130) from None
+    # Partitionable threefry makes XLA:CPU compile random initialisers ~10x slower (30 s
+    # for a small U-Net's init); this run needs no sharded random numbers.
+    with exit_on_training_stop(), jax.threefry_partitionable(False):
+        return _run(preset, workdir, data=args.data, seed=seed, resume=args.resume)
 
 
 def _run(preset: Preset, workdir: Path, *, data, seed: int, resume) -> dict:

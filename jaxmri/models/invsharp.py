@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxmri.metrics import ms_ssim
-from jaxmri.nn.fixed_point import Implicit, Unrolled
+from jaxmri.nn.fixed_point import Unrolled
 from jaxmri.nn.invertible import InvertibleSequence
 from jaxmri.nn.layers import channels_to_complex, complex_to_channels
 from jaxmri.physics.consistency import image_dc

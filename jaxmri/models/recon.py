@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxmri.nn.layers import channels_to_complex, complex_to_channels
 from jaxmri.nn.unet import UNet
