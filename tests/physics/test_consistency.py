@@ -218,8 +218,8 @@ def test_dc_layers_jit_and_vmap_match_eager(data):
     lam = jnp.float32(0.4)
     eager = soft_dc(pred, measured, mask, noise_lambda=lam)
     np.testing.assert_allclose(
-        jax.jit(lambda p, m, l: soft_dc(p, m, mask, noise_lambda=l))(pred, measured, lam), eager,
-        atol=1e-6)
+        jax.jit(lambda p, m, w: soft_dc(p, m, mask, noise_lambda=w))(pred, measured, lam),
+        eager, atol=1e-6)
     np.testing.assert_allclose(
         jax.vmap(functools.partial(hard_dc, mask=mask))(pred, measured),
         hard_dc(pred, measured, mask), atol=1e-6)
