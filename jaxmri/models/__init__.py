@@ -6,6 +6,8 @@
 * :mod:`~jaxmri.models.ifrnet`: IFR-CS, ADMM-Net and IFR-Net (paper 002).
 * :mod:`~jaxmri.models.refine`: RecNet, gated refinement and the joint baseline (paper 003);
   :mod:`~jaxmri.models.segmenter` for the semantic interpretability score.
+* :mod:`~jaxmri.models.joint_recsr`: PGD deep-equilibrium reconstruction + RRDB-SFT
+  super-resolution (paper 004).
 
 Import each from its submodule; importing this package loads nothing heavy.
 """

@@ -13,7 +13,9 @@ Imported from their submodules:
 * :mod:`~jaxmri.nn.plf` (piecewise-linear S_PLF) and :mod:`~jaxmri.nn.dct` (DCT filter init),
   papers 002;
 * :mod:`~jaxmri.nn.patchgan` (PatchGAN discriminator), paper 003;
-* :mod:`~jaxmri.nn.edsr` and :mod:`~jaxmri.nn.layers_sr` (EDSR, pixel shuffle), paper 001.
+* :mod:`~jaxmri.nn.edsr` and :mod:`~jaxmri.nn.layers_sr` (EDSR, pixel shuffle), paper 001;
+* :mod:`~jaxmri.nn.rrdb` (RRDB, SFT), :mod:`~jaxmri.nn.deq` (deep equilibrium solve with
+  Jacobian-free backprop) and :mod:`~jaxmri.nn.vgg_discriminator`, paper 004.
 """
 
 from jaxmri.nn.fixed_point import FixedPointInfo, Implicit, Unrolled, invert_residual

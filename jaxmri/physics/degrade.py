@@ -7,8 +7,9 @@ is centred with DC at ``(H // 2, W // 2)``; complex data are ``complex64`` and m
 * :func:`kspace_crop` / :func:`kspace_zero_pad`: the k-space truncation ``H`` of paper 004
   (keep the central ``h x w`` frequencies) and its adjoint (zero padding). Both keep the DC
   sample at ``(n // 2)`` of every axis, for odd and even sizes alike. Neither rescales: with the
-  unitary ``fft2c`` the image of a cropped k-space is ``sqrt(h w / (H W))`` times smaller in
-  intensity than a band-limited resampling would give; multiply by that factor if needed.
+  unitary ``fft2c`` the image of a cropped k-space is ``sqrt(H W / (h w))`` times brighter than
+  a band-limited resampling of the same image (a constant 1 becomes 2 at x2 in both axes);
+  multiply by ``sqrt(h w / (H W))`` to keep the intensity scale.
 * :func:`fermi_filter`: radial Fermi (logistic) k-space window against Gibbs ringing, the
   anti-ringing window of paper 001's k-space zero-filling baseline.
 * :func:`gaussian_blur`, :func:`bicubic_resize`: image-space blur and resampling.
