@@ -8,7 +8,8 @@ times brighter (a constant image keeps its DC sample ``sqrt(H W)``, which the sm
 FFT divides by ``sqrt(h w)`` only); the factor keeps LR and HR images on one intensity scale,
 so the LR reconstruction target, the HR target and bicubic baselines compare directly.
 :func:`encode` / :func:`encode_adjoint` implement ``A`` and ``A^H`` from the
-:mod:`jaxmri.physics` operators (``factor = 1`` is the plain SENSE ``A = M F C`` of the LR Rec module).
+:mod:`jaxmri.physics` operators (``factor = 1`` is the plain SENSE ``A = M F C`` of the LR Rec
+module).
 
 Shapes: images ``(N, h, w)`` complex64 (LR) or ``(N, H, W)`` (HR); coil data ``(N, C, ., .)``;
 masks ``(N, h, w)`` float32 per slice (a coil axis is added inside). Networks see NHWC.
