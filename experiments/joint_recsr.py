@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,8 +56,6 @@ from jaxmri.physics import (
     sense_adjoint,
 )
 from jaxmri.train import (
-    NonFiniteLossError,
-    TrainingInterrupted,
     create_train_state,
     fit,
     map_batches,
@@ -66,7 +63,7 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import experiment_parser, setup_from_args
+from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
 from jaxmri.train.figures import save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -430,15 +427,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"joint_recsr: preset {setup.preset_name}, workdir {workdir}")
     start = time.perf_counter()
     results = {}
-    try:
+    with exit_on_training_stop():
         for mask_name in preset.masks:
             results[mask_name] = run_mask(mask_name, preset, workdir, args)
-    except TrainingInterrupted as err:
-        print(f"interrupted at step {err.step}, checkpoint saved, rerun with --resume")
-        sys.exit(130)
-    except NonFiniteLossError as err:
-        print(f"training stopped: {err}")
-        sys.exit(1)
     print(f"joint_recsr: done in {(time.perf_counter() - start) / 60:.1f} minutes")
     return results
 
