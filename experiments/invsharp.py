@@ -100,9 +100,9 @@ PRESETS = {
         steps=4, batch_size=2, checkpoint_every=2, eval_slices=4,
     ),
     "cpu": Preset(
-        description=("About 12 minutes on 2 CPU cores: 48 px axial+coronal slices, 4 coils, "
-                     "4 blocks x 5 convs x 32, 300 steps per method; prints Tables 2, 3 and "
-                     "the ablation."),
+        description=("About 15 minutes on 2 CPU cores (14.9 measured): 48 px axial+coronal "
+                     "slices, 4 coils, 4 blocks x 5 convs x 32, 300 steps per method; prints "
+                     "Tables 2, 3 and the ablation."),
         image_size=48, num_coils=4, orientations=("axial", "coronal"),
         recon_cascades=3, recon_convs=4, recon_features=32, unet_features=(16, 32, 64),
         recon_steps=300,
