@@ -1,0 +1,1 @@
+"""Standalone benchmark scripts: ``python -m benchmarks.NAME`` (see each module)."""

@@ -1,0 +1,296 @@
+"""Shared pieces of the benchmark scripts: step cases, timing, throughput, tables and plots.
+
+A :class:`StepCase` is one method's training step, ready to run: ``jax_step()`` performs one full
+update with the pmapped step the experiment itself uses (through
+:func:`jaxmri.train.make_parallel_step`, including copying the metrics to the host as
+:func:`jaxmri.train.fit` does) and returns when the device work is done; ``torch_step()``, when
+PyTorch is installed, performs the same update with an eager PyTorch implementation of the same
+architecture on the same inputs (batch, image size, float32). Times are wall-clock seconds.
+
+Every script writes ``<out>/<name>.md`` (the table), ``<out>/<name>.json`` (rows and the machine)
+and ``<out>/<name>.png``, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "StepCase",
+    "benchmark_parser",
+    "time_alternating",
+    "compiled_flops",
+    "count_params",
+    "jax_case",
+    "median",
+    "compiled_memory",
+    "matmul_gflops",
+    "machine_info",
+    "write_table",
+    "save_bar_plot",
+    "block",
+]
+
+
+@dataclasses.dataclass
+class StepCase:
+    """One method's training step at one size.
+
+    Attributes:
+      name: the row label, e.g. ``"InvSharpNet backward"``.
+      batch_size: global batch (slices per step); image_size: input side length in pixels.
+      jax_step: ``() -> None``; one pmapped update, blocks until the result is ready.
+      jax_flops: floating-point operations of one update, from XLA's cost analysis of the
+        compiled step (all devices together).
+      torch_step: ``() -> None`` or ``None`` when PyTorch is not installed; one eager update.
+      torch_params / jax_params: number of trainable scalars of each implementation (the
+        architectures must agree; the step-time script refuses to compare otherwise).
+      jax_state: ``() -> state``, the current JAX train state (first replica, host arrays).
+    """
+
+    name: str
+    batch_size: int
+    image_size: int
+    jax_step: Callable[[], None]
+    jax_flops: float
+    jax_params: int
+    torch_step: Callable[[], None] | None = None
+    torch_params: int | None = None
+    jax_state: Callable[[], Any] | None = None
+
+
+def block(tree: Any) -> Any:
+    """``jax.block_until_ready`` on every array of ``tree``; returns ``tree``."""
+    return jax.block_until_ready(tree)
+
+
+def benchmark_parser(doc: str | None, *, name: str) -> argparse.ArgumentParser:
+    """The options every benchmark shares: ``--paper``, ``--out``, ``--repeats``, ``--warmup``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.{name}", description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--paper", action="store_true",
+                        help="paper-preset sizes (for a GPU) instead of the cpu presets")
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks"),
+                        help="folder for the .md/.json/.png results (default runs/benchmarks)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed runs per implementation after warm-up (default 10)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed runs first (compilation, allocator; default 2)")
+    return parser
+
+
+def time_alternating(fns: Mapping[str, Callable[[], None]], *, repeats: int,
+                     warmup: int = 1) -> dict[str, list[float]]:
+    """Wall seconds of ``repeats`` calls of each function, interleaved A, B, A, B, ...
+
+    Each function is first called ``warmup`` times untimed. Interleaving means a change of machine
+    load during the run affects every implementation alike. Returns ``{name: [seconds, ...]}``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of a non-empty sequence of seconds."""
+    return float(statistics.median(values))
+
+
+def _first(analysis: Any) -> Any:
+    # cost_analysis()/memory_analysis() return a dict, or a list with one dict per program
+    # depending on the jax version and on pmap vs jit.
+    if isinstance(analysis, (list, tuple)):
+        return analysis[0] if analysis else {}
+    return analysis
+
+
+def compiled_flops(fn: Callable, *args: Any, num_replicas: int = 1, **kwargs: Any) -> float:
+    """FLOPs of one call of the jitted or pmapped ``fn`` on these arguments (XLA cost analysis).
+
+    XLA analyses one replica's program; pass ``num_replicas`` (the number of devices a pmapped
+    ``fn`` maps over) to count the work of the whole step.
+    """
+    analysis = _first(fn.lower(*args, **kwargs).compile().cost_analysis())
+    return float(analysis.get("flops", 0.0)) * num_replicas
+
+
+def count_params(tree: Any) -> int:
+    """Number of scalars in a pytree of arrays (trainable parameters when given ``params``)."""
+    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(tree)))
+
+
+def jax_case(name: str, *, train_step: Callable, state: Any, batch: Mapping[str, np.ndarray],
+             params: Any, image_size: int, seed: int = 0) -> StepCase:
+    """A :class:`StepCase` (without the torch side) for a method's pure ``train_step``.
+
+    ``train_step(state, batch, key) -> (state, metrics)`` follows the contract of
+    :mod:`jaxmri.train.loop`; it is pmapped with :func:`jaxmri.train.make_parallel_step` over all
+    local devices, ``state`` is replicated and the GLOBAL ``batch`` (numpy, leading axis = batch)
+    sharded, exactly as :func:`jaxmri.train.fit` does. Each call advances the state by one update
+    (step counter included) and copies the metrics to the host, as ``fit`` does every step.
+    ``params`` is the trainable pytree counted for the architecture check; ``image_size`` is
+    the side of the network's input image in pixels (for the table).
+    """
+    from jaxmri.train import make_parallel_step, replicate, shard_batch, unreplicate
+
+    pstep = make_parallel_step(train_step)
+    n_local = jax.local_device_count()
+    rbatch = jax.pmap(lambda x: x)(shard_batch(dict(batch), num_local_devices=n_local))
+    key = jax.random.PRNGKey(seed)
+    stop = np.zeros((n_local,), np.int32)
+    holder = {"state": replicate(state), "step": 0}
+    flops = compiled_flops(pstep, holder["state"], rbatch, key, 0, stop, num_replicas=n_local)
+
+    def step() -> None:
+        new_state, metrics, _ = pstep(holder["state"], rbatch, key, holder["step"], stop)
+        # fit() copies the metrics to the host every step to check them; so does the benchmark.
+        jax.tree.map(float, unreplicate(metrics))
+        holder["state"], holder["step"] = block(new_state), holder["step"] + 1
+
+    first = next(iter(batch.values()))
+    return StepCase(name=name, batch_size=int(np.shape(first)[0]),
+                    image_size=int(image_size),
+                    jax_step=step, jax_flops=flops, jax_params=count_params(params),
+                    jax_state=lambda: unreplicate(holder["state"]))
+
+
+def compiled_memory(fn: Callable, *args: Any, **kwargs: Any) -> dict[str, int]:
+    """XLA's buffer assignment for one call of jitted ``fn``: bytes of arguments, outputs and
+    temporaries, and ``peak = argument + output + temp - alias`` (what the program needs live)."""
+    stats = _first(fn.lower(*args, **kwargs).compile().memory_analysis())
+    out = {k: int(getattr(stats, f"{k}_size_in_bytes"))
+           for k in ("argument", "output", "temp", "alias", "generated_code")}
+    out["peak"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
+
+
+def matmul_gflops(*, size: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul throughput of JAX on the default device, GFLOP/s (best of runs).
+
+    A ``size x size`` by ``size x size`` product is ``2 size^3`` FLOPs; the best of ``repeats``
+    timed runs after one compiled warm-up is the machine's practical ceiling.
+    """
+    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(key_a, (size, size), jnp.float32)
+    b = jax.random.normal(key_b, (size, size), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    block(dot(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block(dot(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on: CPU, core count, backend, devices and versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e5:
+            return f"{value:.4g}"
+        return f"{value:.3e}"
+    return "–" if value is None else str(value)
+
+
+def write_table(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike, name: str, *,
+                title: str, columns: Sequence[str] | None = None,
+                extra: Mapping[str, Any] | None = None) -> str:
+    """Write ``<out>/<name>.md`` and ``<out>/<name>.json``; print and return the markdown.
+
+    ``rows`` is a list of flat dicts (one per table row); ``columns`` picks and orders the
+    columns (default: the keys of the first row). The JSON holds the rows, the machine
+    (:func:`machine_info`) and ``extra``.
+    """
+    if not rows:
+        raise ValueError("rows must hold at least one row")
+    columns = list(columns or rows[0].keys())
+    lines = [f"### {title}", "", "| " + " | ".join(columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    table = "\n".join(lines) + "\n"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(table)
+    payload = {"title": title, "rows": [dict(r) for r in rows], "machine": machine_info(),
+               **(dict(extra) if extra else {})}
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    print(table)
+    return table
+
+
+def save_bar_plot(path: str | os.PathLike, labels: Sequence[str],
+                  series: Mapping[str, Sequence[float]], *, ylabel: str, title: str,
+                  log: bool = False) -> None:
+    """A grouped bar chart (one group per label, one bar per series) saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(labels) + 2), 4.0))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, labels, rotation=25, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if log:
+        ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

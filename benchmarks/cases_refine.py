@@ -1,0 +1,515 @@
+"""Step cases of paper 003 (RecNet and its adversarial refinement): JAX steps and PyTorch
+references.
+
+Both JAX steps are the experiment's own (:func:`experiments.refine.programs` at the preset,
+seed 0): "RecNet" is :func:`jaxmri.models.refine.recnet_train_step` (DC-CNN 3 x 3 convs of
+``recnet_features``, leaky ReLU 0.01, hard data consistency, complex MSE, Adam) as
+``train_recnet`` builds it; "RecNet + refinement GAN" is the bound ``refine_train_step`` with the
+state of ``train_refinement``: the frozen RecNet's forward, the gated refinement U-Net
+(batch norm in training mode), the PatchGAN (batch norm, channel-wise dropout on its last three
+layers), eq. 2 (non-saturating GAN + feature matching + VGG16 relu5_3 + L1 penalty), the
+replay pool (80 images, p 0.5), one generator and one discriminator Adam update (beta1 0.5).
+
+Batches (the experiment's ``RECON_KEYS``) come from :func:`jaxmri.data.acquire_slices` on smooth
+phantoms with the experiment's 1-D Gaussian mask at 8x and 30 dB noise, single coil:
+``zero_filled`` ``(B, H, W)`` c64, ``kspace`` ``(B, 1, H, W)`` c64, ``mask`` ``(B, H, W)`` f32,
+``maps`` ``(B, 1, H, W)`` c64, ``target`` ``(B, H, W)`` c64.
+
+The PyTorch references (NCHW, float32/complex64, eager) re-derive the same networks and losses,
+with the JAX initial parameters (and the VGG16 weights the JAX loss reads) copied in.
+TensorFlow/XLA "SAME" padding is reproduced with explicit (possibly asymmetric) padding for the
+strided discriminator convolutions. The torch refinement step does the same work as the JAX one:
+no weight gradients of the discriminator in the generator update (``requires_grad_(False)``, as
+pix2pix does), the real-image features and the VGG target without autograd, the same per-image
+replay pool and one dropout mask shared by the real and fake feature passes. Batch norm uses the
+global batch; the JAX step does the same on one device (with several devices its statistics are
+per device).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks._common import StepCase, jax_case
+from benchmarks.cases_ifrnet import phantom_images, torch_fft_ops
+
+__all__ = ["cases"]
+
+FORWARD_RTOL = 1e-4  # relative L2 error of forward outputs and of first-step loss terms
+GRAD_RTOL = 1e-3  # relative L2 error of all RecNet loss gradients together
+SECOND_STEP_RTOL = 1e-3  # loss terms after one update of both networks (Adam amplifies noise)
+
+
+def _relative_error(actual, reference) -> float:
+    actual, reference = np.asarray(actual), np.asarray(reference)
+    diff = np.linalg.norm((actual - reference).astype(np.complex128))
+    return float(diff / max(np.linalg.norm(reference.astype(np.complex128)), 1e-30))
+
+
+def _oihw(torch, kernel):
+    return torch.tensor(np.transpose(np.asarray(kernel), (3, 2, 0, 1)))
+
+
+def _load_conv(torch, conv, p) -> None:
+    with torch.no_grad():
+        conv.weight.copy_(_oihw(torch, p["kernel"]))
+        if conv.bias is not None:
+            conv.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+
+
+def _load_bn(torch, bn, p, stats) -> None:
+    with torch.no_grad():
+        bn.weight.copy_(torch.from_numpy(np.array(p["scale"])))
+        bn.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+        bn.running_mean.copy_(torch.from_numpy(np.array(stats["mean"])))
+        bn.running_var.copy_(torch.from_numpy(np.array(stats["var"])))
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """XLA "SAME": output ``ceil(size / stride)``, the odd pixel of padding at the end."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+# ------------------------------------------------------------------------------------------
+# PyTorch reference networks (torch imported lazily by the caller and passed in)
+
+
+def _torch_modules(torch):
+    """The torch classes of paper 003's networks (built here so that torch stays optional)."""
+    nn, F = torch.nn, torch.nn.functional
+    fft2c, ifft2c = torch_fft_ops(torch)
+
+    class DCCascade(nn.Module):
+        """``x <- DC(x + CNN(x))`` repeated; complex ``(B, H, W)`` in and out."""
+
+        def __init__(self, params, *, cascades: int, convs: int, features: int, slope: float):
+            super().__init__()
+            widths = [2] + [features] * (convs - 1) + [2]
+            self.convs = nn.ModuleList()
+            for c in range(cascades):
+                for i in range(convs):
+                    conv = nn.Conv2d(widths[i], widths[i + 1], 3, padding=1)
+                    _load_conv(torch, conv, params[f"Conv_{c * convs + i}"])
+                    self.convs.append(conv)
+            self.cascades, self.per, self.slope = cascades, convs, slope
+
+        def forward(self, zero_filled, kspace, mask, maps):
+            x = zero_filled
+            for c in range(self.cascades):
+                h = torch.stack([x.real, x.imag], dim=1)
+                block = self.convs[c * self.per:(c + 1) * self.per]
+                for conv in block[:-1]:
+                    h = F.leaky_relu(conv(h), self.slope)
+                h = block[-1](h)
+                x = x + torch.complex(h[:, 0], h[:, 1])
+                k = fft2c(maps * x[:, None])  # (B, C, H, W)
+                k = (1.0 - mask) * k + mask * kspace  # hard data consistency
+                x = (maps.conj() * ifft2c(k)).sum(dim=1)
+            return x
+
+    class ConvBNAct(nn.Module):
+        """``k x k`` conv (XLA "SAME" padding, no bias) -> batch norm -> leaky ReLU."""
+
+        def __init__(self, cin, cout, kernel, slope, conv_p, bn_p, bn_s):
+            super().__init__()
+            # Explicit padding: an even kernel pads one pixel more at the end, as XLA does.
+            low, high = _same_padding(1, kernel, 1)
+            self.pad = (low, high, low, high)
+            self.conv = nn.Conv2d(cin, cout, kernel, bias=False)
+            self.bn = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
+            _load_conv(torch, self.conv, conv_p)
+            _load_bn(torch, self.bn, bn_p, bn_s)
+            self.slope = slope
+
+        def forward(self, x):
+            return F.leaky_relu(self.bn(self.conv(F.pad(x, self.pad))), self.slope)
+
+    class GatedRefinement(nn.Module):
+        """``|R| (B, H, W) -> (unscale(s + gate V(s)), V(s))``, ``V`` the refinement U-Net."""
+
+        def __init__(self, variables, *, encoder, decoder, kernel: int, slope: float):
+            super().__init__()
+            p = variables["params"]["RefinementUNet_0"]
+            s = variables["batch_stats"]["RefinementUNet_0"]
+            counter = iter(range(10**6))
+
+            def layer(cin, cout):  # Flax numbers Conv_i / BatchNorm_i in creation order
+                i = next(counter)
+                return ConvBNAct(cin, cout, kernel, slope, p[f"Conv_{i}"],
+                                 p[f"BatchNorm_{i}"], s[f"BatchNorm_{i}"])
+
+            self.down, cin = nn.ModuleList(), 1
+            for width in encoder:
+                self.down.append(nn.Sequential(layer(cin, width), layer(width, width)))
+                cin = width
+            self.up_conv, self.up_block = nn.ModuleList(), nn.ModuleList()
+            for width, skip in zip(decoder, reversed(encoder[:-1]), strict=True):
+                self.up_conv.append(layer(cin, width))
+                self.up_block.append(nn.Sequential(layer(skip + width, width),
+                                                   layer(width, width)))
+                cin = width
+            self.head = nn.Conv2d(cin, 1, 1)
+            _load_conv(torch, self.head, p[f"Conv_{next(counter)}"])
+            self.gate = nn.Parameter(torch.tensor(float(variables["params"]["gate"])))
+
+        def unet(self, x):
+            skips = []
+            for i, block in enumerate(self.down):
+                x = block(x)
+                if i < len(self.down) - 1:
+                    skips.append(x)
+                    x = F.max_pool2d(x, 2)
+            for up, block, skip in zip(self.up_conv, self.up_block, reversed(skips),
+                                       strict=True):
+                x = up(F.interpolate(x, scale_factor=2, mode="nearest"))
+                x = block(torch.cat([skip, x], dim=1))
+            return self.head(x)
+
+        def forward(self, magnitude):
+            lo = magnitude.amin(dim=(-2, -1), keepdim=True)
+            span = (magnitude.amax(dim=(-2, -1), keepdim=True) - lo).clamp_min(1e-12)
+            scaled = 2.0 * (magnitude - lo) / span - 1.0
+            v = self.unet(scaled[:, None])[:, 0]
+            return (scaled + self.gate * v + 1.0) / 2.0 * span + lo, v
+
+    class PatchGAN(nn.Module):
+        """Strided ``k x k`` convs (BN from the 2nd, leaky ReLU 0.2, channel dropout) + logits.
+
+        ``forward(x, masks)``: ``masks`` maps a layer index to its ``(B, C, 1, 1)`` dropout
+        multiplier (0 or ``1 / (1 - rate)``); ``None`` runs without dropout.
+        """
+
+        def __init__(self, variables, *, features, strides, kernel: int, dropout_after,
+                     rate: float):
+            super().__init__()
+            p, s = variables["params"], variables["batch_stats"]
+            self.convs, self.bns = nn.ModuleList(), nn.ModuleList()
+            cin = 1
+            for i, width in enumerate(features):
+                conv = nn.Conv2d(cin, width, kernel, stride=strides[i], bias=i == 0)
+                _load_conv(torch, conv, p[f"Conv_{i}"])
+                self.convs.append(conv)
+                if i > 0:
+                    bn = nn.BatchNorm2d(width, eps=1e-5, momentum=0.1)
+                    _load_bn(torch, bn, p[f"BatchNorm_{i - 1}"], s[f"BatchNorm_{i - 1}"])
+                    self.bns.append(bn)
+                cin = width
+            self.final = nn.Conv2d(cin, 1, kernel)
+            _load_conv(torch, self.final, p[f"Conv_{len(features)}"])
+            self.strides, self.kernel = tuple(strides), kernel
+            self.dropout_after, self.rate = tuple(dropout_after), rate
+
+        def _pad(self, x, stride):
+            top, bottom = _same_padding(x.shape[-2], self.kernel, stride)
+            left, right = _same_padding(x.shape[-1], self.kernel, stride)
+            return F.pad(x, (left, right, top, bottom))
+
+        def dropout_masks(self, batch: int) -> dict:
+            keep = 1.0 - self.rate
+            return {i: torch.bernoulli(torch.full((batch, self.convs[i].out_channels, 1, 1),
+                                                  keep)) / keep for i in self.dropout_after}
+
+        def forward(self, x, masks=None):
+            taps = []
+            for i, conv in enumerate(self.convs):
+                x = conv(self._pad(x, self.strides[i]))
+                if i > 0:
+                    x = self.bns[i - 1](x)
+                x = F.leaky_relu(x, 0.2)
+                if masks is not None and i in masks:
+                    x = x * masks[i]
+                taps.append(x)
+            return self.final(self._pad(x, 1)), taps
+
+    class VGG16Relu53(nn.Module):
+        """torchvision VGG16 trunk up to relu5_3, LPIPS input scaling, frozen weights."""
+
+        def __init__(self, params, blocks):
+            super().__init__()
+            self.blocks = nn.ModuleList()
+            cin = 3
+            for b, widths in enumerate(blocks):
+                convs = nn.ModuleList()
+                for i, width in enumerate(widths):
+                    conv = nn.Conv2d(cin, width, 3, padding=1)
+                    _load_conv(torch, conv, params[f"conv{b + 1}_{i + 1}"])
+                    convs.append(conv)
+                    cin = width
+                self.blocks.append(convs)
+            self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+            self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+            self.requires_grad_(False)
+
+        def forward(self, images):  # (B, H, W) in [0, 1]
+            x = (2.0 * images[:, None] - 1.0).expand(-1, 3, -1, -1)
+            x = (x - self.shift) / self.scale
+            for b, convs in enumerate(self.blocks):
+                if b > 0:
+                    x = F.max_pool2d(x, 2)
+                for conv in convs:
+                    x = F.relu(conv(x))
+            return x
+
+    return DCCascade, GatedRefinement, PatchGAN, VGG16Relu53
+
+
+def _recnet_grad_leaves(grads, count: int) -> np.ndarray:
+    leaves = []
+    for i in range(count):
+        leaves += [np.transpose(np.asarray(grads[f"Conv_{i}"]["kernel"]), (3, 2, 0, 1)),
+                   grads[f"Conv_{i}"]["bias"]]
+    return np.concatenate([np.asarray(leaf, np.float32).ravel() for leaf in leaves])
+
+
+def _torch_refine_step(torch, modules, tb, *, lr: float, pool_size: int, pool_prob: float,
+                       label_smoothing: float, penalty_target: float, dropout: bool = True):
+    """``step() -> metrics`` of the torch refinement: G update, replay pool, D update."""
+    F = torch.nn.functional
+    recnet, refiner, disc, vgg = modules
+    opt_g = torch.optim.Adam(refiner.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
+    size = tuple(tb["target"].shape[-2:])
+    pool = {"images": torch.zeros((pool_size, *size)), "count": 0}
+    scales = {}
+    factors = torch.tensor([1.0, 1.0, 1.0, 1.0 / penalty_target])
+    generator = torch.Generator().manual_seed(0)
+
+    def pool_query(images):
+        out = []
+        for image in images:  # image by image, as the reference ImagePool does
+            if pool["count"] < pool_size:
+                pool["images"][pool["count"]] = image
+                pool["count"] += 1
+                out.append(image)
+            elif torch.rand((), generator=generator) < pool_prob:
+                slot = int(torch.randint(pool_size, (), generator=generator))
+                out.append(pool["images"][slot].clone())
+                pool["images"][slot] = image
+            else:
+                out.append(image)
+        return torch.stack(out)
+
+    def step() -> dict:
+        batch = tb["target"].shape[0]
+        with torch.no_grad():
+            base = recnet(tb["zero_filled"], tb["kspace"], tb["mask"], tb["maps"])
+            real = tb["target"].abs()
+            real_vgg = vgg(real)
+        masks = disc.dropout_masks(batch) if dropout else None
+        disc.requires_grad_(False)  # the generator update needs no discriminator gradients
+        with torch.no_grad():
+            _, real_feats = disc(real[:, None], masks)
+        fake, v = refiner(base.abs())
+        fake_logits, fake_feats = disc(fake[:, None], masks)
+        raw = torch.stack([
+            F.softplus(-fake_logits).mean(),
+            sum((r - f).abs().mean() for r, f in zip(real_feats, fake_feats, strict=True))
+            / len(fake_feats),
+            ((vgg(fake) - real_vgg) ** 2).mean(),
+            v.abs().mean(),
+        ])
+        if "values" not in scales:  # eq. 2's normalisers: the first iteration's values
+            scales["values"] = (raw.detach() * factors).clamp_min(1e-12)
+        terms = raw / scales["values"]
+        total = 0.5 * (terms[0] + terms[1]) + terms[2] + terms[3]
+        opt_g.zero_grad()
+        total.backward()
+        opt_g.step()
+        disc.requires_grad_(True)
+
+        mixed = pool_query(fake.detach())
+        real_logits, _ = disc(real[:, None], disc.dropout_masks(batch) if dropout else None)
+        pooled_logits, _ = disc(mixed[:, None], disc.dropout_masks(batch) if dropout else None)
+        smooth = 1.0 - label_smoothing
+        d_loss = ((smooth * F.softplus(-real_logits) + (1.0 - smooth) * F.softplus(real_logits))
+                  .mean() + F.softplus(pooled_logits).mean())
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        return {"loss": total.item(), "d_loss": d_loss.item(), "l_adv": raw[0].item(),
+                "l_feat": raw[1].item(), "l_vgg": raw[2].item(), "l_pen": raw[3].item()}
+
+    return step
+
+
+# ------------------------------------------------------------------------------------------
+# The cases
+
+
+def cases(*, paper: bool = False, with_torch: bool = True) -> list[StepCase]:
+    """``[StepCase "RecNet", StepCase "RecNet + refinement GAN"]`` at the refine preset.
+
+    Sizes are ``experiments.refine.PRESETS["cpu"]`` (``"paper"`` with ``paper=True``):
+    RecNet on ``recnet_batch`` slices, the refinement on ``refine_batch`` slices, both
+    ``image_size`` px. The torch steps (when ``with_torch`` and PyTorch imports) are checked
+    at build time: RecNet's forward (``FORWARD_RTOL``) and loss gradients (``GRAD_RTOL``); the
+    refinement U-Net's pre-gate output in training mode, and the loss terms of two full
+    refinement steps against the JAX step run with a dropout-free copy of the discriminator
+    (dropout is the step's only randomness besides the replay pool, which passes images through
+    while it fills): first step to ``FORWARD_RTOL``, second (after both Adam updates) to
+    ``SECOND_STEP_RTOL``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import refine as exp
+    from jaxmri.data import acquire_slices
+    from jaxmri.models import refine as refine_model
+    from jaxmri.train import create_train_state
+
+    preset, seed = exp.PRESETS["paper" if paper else "cpu"], 0
+    size = preset.image_size
+    prog = exp.programs(preset, seed)
+
+    def make_batch(batch_size: int) -> dict[str, np.ndarray]:
+        acq = acquire_slices({"image": phantom_images(batch_size, size, seed=0)},
+                             np.arange(batch_size), mask_fn=exp._mask_fn(preset), seed=0,
+                             num_coils=1)
+        return {key: np.asarray(acq[key]) for key in exp.RECON_KEYS}
+
+    rec_batch, ref_batch = make_batch(preset.recnet_batch), make_batch(preset.refine_batch)
+    # As experiments.refine.main: non-partitionable threefry keeps the initialisers' compile
+    # short; the keys are the ones train_recnet / train_refinement use.
+    with jax.threefry_partitionable(False):
+        ex = {k: jnp.asarray(v[:1]) for k, v in rec_batch.items()}
+        recnet_vars = prog.init_recnet(jax.random.key(seed + 1), ex["zero_filled"],
+                                       ex["kspace"], ex["mask"][:, None], ex["maps"])
+        gen_vars = prog.init_refiner(jax.random.key(seed + 2), jnp.zeros((1, size, size)))
+        disc_state = exp._discriminator_state(preset, seed, jax.random.key(seed + 3))
+    rec_state = create_train_state(prog.recnet, exp._adam(preset.recnet_lr), recnet_vars)
+    ref_state = {
+        "gen": create_train_state(prog.refiner, exp._adam(preset.gan_lr, b1=0.5), gen_vars),
+        "disc": disc_state,
+        "recnet": recnet_vars,
+        **refine_model.init_refine_extras(pool_size=preset.pool_size, image_shape=(size, size)),
+    }
+    rec_case = jax_case("RecNet", train_step=refine_model.recnet_train_step, state=rec_state,
+                        batch=rec_batch, params=rec_state.params, image_size=size)
+    ref_case = jax_case("RecNet + refinement GAN", train_step=prog.refine_step, state=ref_state,
+                        batch=ref_batch, image_size=size,
+                        params={"gen": ref_state["gen"].params, "disc": disc_state.params})
+    if not with_torch:
+        return [rec_case, ref_case]
+    try:
+        import torch
+    except ImportError:
+        return [rec_case, ref_case]
+
+    DCCascade, GatedRefinement, PatchGAN, VGG16Relu53 = _torch_modules(torch)
+    to_np = jax.tree.map(np.asarray, {"recnet": recnet_vars, "gen": gen_vars,
+                                      "disc": disc_state.variables()})
+    cascade = dict(cascades=prog.recnet.num_cascades, convs=prog.recnet.convs_per_cascade,
+                   features=prog.recnet.features, slope=prog.recnet.negative_slope)
+
+    def torch_batch(b):
+        out = {k: torch.from_numpy(v) for k, v in b.items()}
+        out["mask"] = out["mask"][:, None]  # as the JAX steps pass it: (B, 1, H, W)
+        return out
+
+    # ---- RecNet
+    tb = torch_batch(rec_batch)
+    recnet = DCCascade(to_np["recnet"]["params"], **cascade)
+    optimizer = torch.optim.Adam(recnet.parameters(), lr=preset.recnet_lr)
+
+    def recnet_loss(pred, target):
+        diff = pred - target
+        return (diff.real**2 + diff.imag**2).mean()
+
+    def jax_recnet(variables, b):
+        return refine_model.recnet_forward(prog.recnet, variables, b)
+
+    pred = recnet(tb["zero_filled"], tb["kspace"], tb["mask"], tb["maps"])
+    err = _relative_error(pred.detach().numpy(), jax.jit(jax_recnet)(recnet_vars, rec_batch))
+    assert err <= FORWARD_RTOL, f"RecNet: torch forward differs from JAX (rel. error {err:.2e})"
+    recnet_loss(pred, tb["target"]).backward()
+    jax_grads = jax.jit(jax.grad(lambda p: jnp.mean(jnp.abs(
+        jax_recnet({"params": p}, rec_batch) - rec_batch["target"]) ** 2)))(
+            recnet_vars["params"])
+    gerr = _relative_error(
+        np.concatenate([q.grad.numpy().ravel() for q in recnet.parameters()]),
+        _recnet_grad_leaves(jax_grads, len(recnet.convs)))
+    assert gerr <= GRAD_RTOL, f"RecNet: torch gradients differ from JAX (rel. error {gerr:.2e})"
+    print(f"[RecNet] torch vs JAX: forward rel. error {err:.1e}, gradient rel. error {gerr:.1e}")
+
+    def recnet_step() -> None:
+        optimizer.zero_grad()
+        loss = recnet_loss(recnet(tb["zero_filled"], tb["kspace"], tb["mask"], tb["maps"]),
+                           tb["target"])
+        loss.backward()
+        optimizer.step()
+        loss.item()
+
+    rec_case.torch_step = recnet_step
+    rec_case.torch_params = sum(q.numel() for q in recnet.parameters())
+
+    # ---- Refinement
+    from jaxmri.metrics.perceptual import _VGG16_BLOCKS, load_pretrained
+
+    vgg_params = jax.tree.map(np.asarray, load_pretrained("vgg16")[1]["params"])
+    disc_module = prog.discriminator
+    options = dict(lr=preset.gan_lr, pool_size=preset.pool_size, pool_prob=0.5,
+                   label_smoothing=0.1, penalty_target=0.1)
+
+    def torch_refine(dropout: bool):
+        modules = (
+            DCCascade(to_np["recnet"]["params"], **cascade).requires_grad_(False),
+            GatedRefinement(to_np["gen"], encoder=tuple(preset.refine_encoder),
+                            decoder=tuple(preset.refine_decoder),
+                            kernel=prog.refiner.kernel_size, slope=prog.refiner.negative_slope),
+            PatchGAN(to_np["disc"], features=tuple(disc_module.features),
+                     strides=tuple(disc_module.strides), kernel=disc_module.kernel_size,
+                     dropout_after=tuple(disc_module.dropout_after),
+                     rate=disc_module.dropout_rate),
+            VGG16Relu53(vgg_params, _VGG16_BLOCKS),
+        )
+        return modules, _torch_refine_step(torch, modules, torch_batch(ref_batch),
+                                           dropout=dropout, **options)
+
+    # Forward: the refinement U-Net's pre-gate output V in training mode (batch statistics).
+    (_, refiner_t, _, _), check_step = torch_refine(dropout=False)
+    base = jax.jit(jax_recnet)(recnet_vars, ref_batch)
+    (_, v_jax), _ = jax.jit(lambda v, m: prog.refiner.apply(
+        v, m, train=True, mutable=["batch_stats"]))(gen_vars, jnp.abs(base))
+    _, v_torch = refiner_t(torch.from_numpy(np.abs(np.asarray(base))))
+    verr = _relative_error(v_torch.detach().numpy(), v_jax)
+    assert verr <= FORWARD_RTOL, (f"RecNet + refinement GAN: torch refinement U-Net differs "
+                                  f"from JAX (rel. error {verr:.2e})")
+
+    # Two full steps without dropout: the library step with a dropout-free discriminator (same
+    # parameters), vmapped over one "device" so that its collectives run outside pmap.
+    from jaxmri.nn.patchgan import PatchGAN as JaxPatchGAN
+    from jaxmri.train.loop import AXIS_NAME
+
+    no_dropout = JaxPatchGAN(features=disc_module.features, strides=disc_module.strides,
+                             kernel_size=disc_module.kernel_size, dropout_rate=0.0)
+    det_step = jax.jit(jax.vmap(
+        lambda s, b, k: refine_model.refine_train_step(s, b, k, recnet=prog.recnet,
+                                                       discriminator=no_dropout,
+                                                       pool_seed=seed),
+        axis_name=AXIS_NAME))
+    state = jax.tree.map(lambda x: jnp.asarray(x)[None], ref_state)
+    keys = jax.random.split(jax.random.PRNGKey(0), 1)
+    stacked = {k: v[None] for k, v in ref_batch.items()}
+    terms = ("loss", "d_loss", "l_adv", "l_feat", "l_vgg", "l_pen")
+    errors = []
+    for i, rtol in enumerate((FORWARD_RTOL, SECOND_STEP_RTOL)):
+        state, metrics = det_step(state, stacked, keys)
+        theirs = check_step()
+        ours = np.array([float(metrics[t][0]) for t in terms])
+        errors.append(float(np.max(np.abs(np.array([theirs[t] for t in terms]) - ours)
+                                   / np.abs(ours))))
+        assert errors[-1] <= rtol, (
+            f"RecNet + refinement GAN: torch step {i + 1} differs from JAX (max rel. error "
+            f"{errors[-1]:.2e}; JAX {dict(zip(terms, ours, strict=True))}, torch {theirs})")
+    print(f"[RecNet + refinement GAN] torch vs JAX: U-Net V rel. error {verr:.1e}, loss terms "
+          f"max rel. error step 1 {errors[0]:.1e}, step 2 {errors[1]:.1e}")
+
+    (_, refiner_t, disc_t, _), refine_step = torch_refine(dropout=True)
+
+    def torch_refine_step() -> None:
+        refine_step()  # ends with .item() of the losses, as the JAX step copies its metrics
+
+    ref_case.torch_step = torch_refine_step
+    ref_case.torch_params = sum(q.numel() for m in (refiner_t, disc_t) for q in m.parameters())
+    return [rec_case, ref_case]

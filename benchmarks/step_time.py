@@ -1,0 +1,163 @@
+"""Training-step time of every method: jit-compiled pmapped JAX against eager PyTorch; roofline.
+
+``python -m benchmarks.step_time [--paper] [--only NAME ...] [--no-torch] [--repeats R]``
+
+For each method's training step (InvSharpNet backward and forward refinement, IFR-Net, DSGAN
+generator+discriminator, EDSR, RecNet and its refinement GAN step, joint Rec+SR) the script
+builds the JAX step exactly as the experiment trains it (``benchmarks/cases_*.py``) and an eager
+PyTorch implementation of the same architecture, batch, image size and dtype (float32) started
+from the same parameters, checks that both compute the same thing (each cases module asserts
+it at build time; the parameter counts must match here), then times them alternately A, B, A,
+B after warm-up and reports the medians and their ratio (< 1: JAX is faster).
+
+Roofline columns: the FLOPs of one step counted by XLA's cost analysis of the compiled step,
+the achieved GFLOP/s of each implementation (the same FLOP count divided by its time) and the
+JAX figure as a percentage of the machine's measured float32 matmul throughput (the better of
+JAX's and PyTorch's 2048^3 product), i.e. how close the step comes to what this machine can do.
+
+Default sizes are the cpu presets (2 CPU cores); ``--paper`` builds the paper presets (for a
+GPU: a paper-preset step on 2 CPU cores takes seconds to minutes). PyTorch is the optional
+extra ``pip install -e '.[bench]'``; without it the PyTorch columns are empty.
+Writes ``<out>/step_time.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import time
+
+import numpy as np
+
+from benchmarks._common import (
+    benchmark_parser,
+    machine_info,
+    matmul_gflops,
+    median,
+    save_bar_plot,
+    time_alternating,
+    write_table,
+)
+
+CASE_MODULES = ("cases_invsharp", "cases_ifrnet", "cases_refine", "cases_dsgan",
+                "cases_joint_recsr")
+TARGET_RATIO = 0.8  # issue 9: JAX step time <= 0.8 x PyTorch eager
+
+
+def torch_available() -> bool:
+    """Whether PyTorch imports (the ``bench`` extra)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torch_matmul_gflops(*, size: int = 2048, repeats: int = 5) -> float:
+    """PyTorch's float32 ``size^3`` matmul throughput on the CPU, GFLOP/s (best of runs)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen)
+    b = torch.randn(size, size, generator=gen)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
+
+
+def case_row(case, times: dict[str, list[float]], peak_gflops: float) -> dict:
+    """One table row from a built case and its alternating timings."""
+    jax_s = median(times["JAX"])
+    torch_s = median(times["PyTorch"]) if "PyTorch" in times else None
+    gflop = case.jax_flops / 1e9
+    row = {
+        "method": case.name,
+        "batch": case.batch_size,
+        "px": case.image_size,
+        "params": case.jax_params,
+        "JAX ms": 1e3 * jax_s,
+        "PyTorch ms": None if torch_s is None else 1e3 * torch_s,
+        "JAX/PyTorch": None if torch_s is None else jax_s / torch_s,
+        "meets 0.8": None if torch_s is None else ("yes" if jax_s / torch_s <= TARGET_RATIO
+                                                   else "no"),
+        "GFLOP/step": gflop,
+        "JAX GFLOP/s": gflop / jax_s,
+        "PyTorch GFLOP/s": None if torch_s is None else gflop / torch_s,
+        "JAX % of matmul peak": 100.0 * gflop / jax_s / peak_gflops,
+    }
+    row["_times"] = {k: list(v) for k, v in times.items()}
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Build, check and time every selected case; write and return the table rows."""
+    parser = benchmark_parser(__doc__, name="step_time")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="run only the cases whose name contains one of these strings")
+    parser.add_argument("--no-torch", action="store_true", help="time the JAX steps only")
+    args = parser.parse_args(argv)
+    with_torch = not args.no_torch and torch_available()
+    if not args.no_torch and not with_torch:
+        print("step_time: PyTorch is not installed (pip install -e '.[bench]'); "
+              "timing JAX only")
+
+    jax_peak = matmul_gflops()
+    torch_peak = torch_matmul_gflops() if with_torch else None
+    peak = max(jax_peak, torch_peak or 0.0)
+    print(f"float32 2048^3 matmul: JAX {jax_peak:.1f} GFLOP/s"
+          + (f", PyTorch {torch_peak:.1f} GFLOP/s" if torch_peak else ""))
+
+    rows = []
+    for module_name in CASE_MODULES:
+        module = importlib.import_module(f"benchmarks.{module_name}")
+        start = time.perf_counter()
+        cases = module.cases(paper=args.paper, with_torch=with_torch)
+        print(f"{module_name}: built {len(cases)} case(s) in {time.perf_counter() - start:.0f} s")
+        for case in cases:
+            if args.only and not any(s.lower() in case.name.lower() for s in args.only):
+                continue
+            fns = {"JAX": case.jax_step}
+            if case.torch_step is not None:
+                if case.torch_params != case.jax_params:
+                    raise SystemExit(f"{case.name}: the PyTorch reference has "
+                                     f"{case.torch_params} parameters, JAX {case.jax_params}; "
+                                     "the architectures differ")
+                fns["PyTorch"] = case.torch_step
+            times = time_alternating(fns, repeats=args.repeats, warmup=args.warmup)
+            rows.append(case_row(case, times, peak))
+            r = rows[-1]
+            print(f"  {case.name}: JAX {r['JAX ms']:.1f} ms"
+                  + (f", PyTorch {r['PyTorch ms']:.1f} ms, ratio {r['JAX/PyTorch']:.2f}"
+                     if r["PyTorch ms"] is not None else ""))
+        del cases, module
+        gc.collect()
+    if not rows:
+        raise SystemExit(f"step_time: no case matches --only {args.only}")
+
+    preset = "paper" if args.paper else "cpu"
+    info = machine_info()
+    title = (f"Training step time, {preset} presets, float32, median of {args.repeats} "
+             f"alternating runs after {args.warmup} warm-up; {info['cpu_count']} CPU cores "
+             f"({info['cpu']}), {len(info['devices'])} JAX device(s); matmul peak "
+             f"{peak:.1f} GFLOP/s")
+    columns = [c for c in rows[0] if not c.startswith("_")]
+    write_table([{c: r[c] for c in columns} for r in rows], args.out, "step_time",
+                title=title, columns=columns,
+                extra={"preset": preset, "matmul_gflops": {"jax": jax_peak, "torch": torch_peak},
+                       "times_s": {r["method"]: r["_times"] for r in rows},
+                       "target_ratio": TARGET_RATIO})
+    series = {"JAX (jit + pmap)": [r["JAX ms"] for r in rows]}
+    if with_torch:
+        series["PyTorch eager"] = [r["PyTorch ms"] or np.nan for r in rows]
+    save_bar_plot(args.out / "step_time.png", [r["method"] for r in rows], series,
+                  ylabel="ms per training step (log)", title=f"Step time, {preset} presets",
+                  log=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
