@@ -132,16 +132,23 @@ class DeepLinearGenerator(nn.Module):
 
 
 def extract_kernel(generator: DeepLinearGenerator, params: Any) -> jax.Array:
-    """The generator's equivalent ``(K, K)`` kernel: its responses to the ``K * K`` deltas.
+    """The generator's equivalent ``(K, K)`` kernel, ``k[a, b] = G(e_ab)`` for the deltas ``e_ab``.
 
-    A ``K x K`` input gives one output pixel, ``G(e_ab) = k[a, b]`` for the delta ``e_ab``, so
-    ``G(x)[i, j] = sum_ab k[a, b] x[2 i + a, 2 j + b]`` for every input (the generator is
-    linear). Differentiable in ``params``.
+    A ``K x K`` input gives one output pixel and ``G(x)[i, j] = sum_ab k[a, b] x[2 i + a, 2 j + b]``
+    for every input (the generator is linear), so ``k`` is the transpose of ``G`` applied to a
+    single 1 (computed that way). Differentiable in ``params``.
     """
     size = generator.kernel_size
-    deltas = jnp.eye(size * size, dtype=jnp.float32).reshape(size * size, size, size, 1)
-    out = generator.apply({"params": params}, deltas)
-    return out.reshape(size, size)
+
+    # G is linear, so k = G^T(1): one transposed pass through the layers on a 1x1 output instead
+    # of K*K forward passes on delta images (about 3x faster GAN steps on CPU, where XLA's
+    # convolutions of 13x13 images are slow). Reading the kernel off the transpose is exact.
+    def forward(image):
+        return generator.apply({"params": params}, image)
+
+    template = jnp.zeros((1, size, size, 1), jnp.float32)
+    (kernel,) = jax.linear_transpose(forward, template)(jnp.ones((1, 1, 1, 1), jnp.float32))
+    return kernel.reshape(size, size)
 
 
 class PatchDiscriminator(nn.Module):

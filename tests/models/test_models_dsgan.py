@@ -35,6 +35,25 @@ def test_generator_equals_correlation_with_extracted_kernel_then_subsampling():
     np.testing.assert_allclose(jitted, kernel, atol=1e-6)
 
 
+def test_extracted_kernel_gradient_matches_delta_responses():
+    # Independent reference: the kernel read off the K*K delta images, k[a, b] = G(e_ab).
+    g, params = _generator()
+    size = g.kernel_size
+    deltas = jnp.eye(size * size, dtype=jnp.float32).reshape(size * size, size, size, 1)
+    weights = jnp.asarray(np.random.default_rng(3).normal(size=(size, size)), jnp.float32)
+
+    def by_deltas(p):
+        return jnp.sum(weights * g.apply({"params": p}, deltas).reshape(size, size))
+
+    def by_transpose(p):
+        return jnp.sum(weights * dsgan.extract_kernel(g, p))
+
+    np.testing.assert_allclose(by_transpose(params), by_deltas(params), rtol=1e-5)
+    ref, got = jax.grad(by_deltas)(params), jax.grad(by_transpose)(params)
+    for r, v in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(v, r, rtol=1e-4, atol=1e-6)
+
+
 def test_sobel_edges_match_scipy_convolution():
     x = np.random.default_rng(1).random((2, 9, 11, 1)).astype(np.float32)
     edges = np.asarray(dsgan.sobel_edges(jnp.asarray(x)))
