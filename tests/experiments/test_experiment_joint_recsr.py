@@ -45,6 +45,18 @@ def test_simulated_split_follows_the_forward_model():
     assert np.all((ratio > 0.8) & (ratio < 1.2))
 
 
+def test_warmup_loss_is_pixel_and_reconstruction_l1_only():
+    full = exp.build("Proposed", exp.PRESETS["smoke"])[2]
+    warm = exp.warmup_weights(full)
+    assert (warm.perceptual, warm.adversarial, warm.pixel, warm.rec) == (0.0, 0.0, 1.0, full.rec)
+    sr_only = exp.warmup_weights(exp.build("SR", exp.PRESETS["smoke"])[2])
+    assert sr_only.rec == 0.0 and sr_only.pixel == 1.0
+    # The paper trains eq. 12 from the start: its preset has no warm-up; the cpu preset keeps
+    # the paper's loss weights after the warm-up.
+    assert exp.PRESETS["paper"].warmup_steps == 0
+    assert full == exp.jr.LossWeights()
+
+
 # About 4 CPU-minutes of XLA compilation (VGG16 gradients, DEQ, discriminator, LPIPS, run twice
 # for the resume check): too long for the default suite; `python -m pytest -m slow` runs it.
 @pytest.mark.slow
@@ -64,6 +76,10 @@ def test_smoke_experiment_end_to_end_and_resume(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     assert json.loads((tmp_path / "table1_gauss1d.json").read_text())["Proposed"]["PSNR"]
     log = tmp_path / "gauss1d" / "Proposed" / "metrics.jsonl"
+    # The warm-up phase trained first, on the L1 terms only.
+    warm_log = tmp_path / "gauss1d" / "Proposed" / "warmup" / "metrics.jsonl"
+    warm = [json.loads(line) for line in warm_log.read_text().splitlines()]
+    assert "pixel" in warm[-1] and "perceptual" not in warm[-1]
     before = log.read_text()
     again = exp.main(argv)  # resumes: nothing is retrained, the numbers are the same
     assert log.read_text() == before
