@@ -1,0 +1,125 @@
+"""Where the step time goes: one 3x3 convolution (forward + backward), XLA against PyTorch.
+
+``python -m benchmarks.conv_layers [--repeats R] [--out DIR]``
+
+The training steps of all five methods are dominated by 3x3 convolutions of small images
+(16 to 64 px, 16 to 512 channels). This script times the building block alone, at shapes the
+cpu presets use: ``y = tanh(conv3x3(x, w))`` summed, with the gradients for ``x`` and ``w``
+(the work a layer does in a training step), jit-compiled in JAX (``lax.conv_general_dilated``,
+NHWC / HWIO, the layout Flax uses) and eager in PyTorch (NCHW / OIHW), alternating, float32.
+It also times the same convolution written as an im2col matrix product in JAX, to separate the
+convolution kernel from the arithmetic (XLA's CPU matmul is as fast as PyTorch's: see the
+matmul row). Writes ``<out>/conv_layers.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks._common import (
+    benchmark_parser,
+    matmul_gflops,
+    median,
+    save_bar_plot,
+    time_alternating,
+    write_table,
+)
+from benchmarks.step_time import torch_available, torch_matmul_gflops
+
+# (batch, side, channels in, channels out, where it occurs)
+SHAPES = (
+    (4, 64, 16, 16, "joint Rec+SR SR module / RRDB (64 px)"),
+    (4, 48, 32, 32, "InvSharpNet blocks (48 px, 32 ch)"),
+    (4, 64, 64, 64, "VGG16 block 1 of the perceptual loss (64 px)"),
+    (4, 16, 256, 256, "VGG16 block 3 (16 px, 256 ch)"),
+    (8, 48, 32, 32, "RecNet cascade (48 px)"),
+)
+
+
+def conv_xla(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``(N, H, W, Ci) x (3, 3, Ci, Co) -> (N, H, W, Co)``, zero 'SAME' padding."""
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_im2col(x: jax.Array, w: jax.Array) -> jax.Array:
+    """The same convolution as one matrix product of the 9 shifted copies of ``x``."""
+    kh, kw, ci, co = w.shape
+    h, wd = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    cols = jnp.concatenate([xp[:, i:i + h, j:j + wd, :] for i in range(kh) for j in range(kw)],
+                           axis=-1)
+    return jnp.einsum("nhwk,kd->nhwd", cols, w.reshape(kh * kw * ci, co))
+
+
+def layer_fns(batch: int, side: int, c_in: int, c_out: int, *, with_torch: bool):
+    """``{name: fn}`` timing one forward + backward of the layer in each implementation."""
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal((batch, side, side, c_in)).astype(np.float32)
+    w_np = (rng.standard_normal((3, 3, c_in, c_out)) / np.sqrt(9 * c_in)).astype(np.float32)
+    x, w = jnp.asarray(x_np), jnp.asarray(w_np)
+    fns, values = {}, {}
+    for name, conv in (("XLA conv", conv_xla), ("JAX im2col", conv_im2col)):
+        grad = jax.jit(jax.value_and_grad(lambda a, b, c=conv: jnp.sum(jnp.tanh(c(a, b))),
+                                          argnums=(0, 1)))
+        values[name] = float(grad(x, w)[0])
+        fns[name] = lambda g=grad: jax.block_until_ready(g(x, w))
+    if with_torch:
+        import torch
+
+        xt = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy()).requires_grad_()
+        wt = torch.from_numpy(w_np.transpose(3, 2, 0, 1).copy()).requires_grad_()
+
+        def torch_step():
+            loss = torch.tanh(torch.nn.functional.conv2d(xt, wt, padding=1)).sum()
+            torch.autograd.grad(loss, (xt, wt))
+            return float(loss)
+
+        values["PyTorch"] = torch_step()
+        fns["PyTorch"] = torch_step
+    ref = values["XLA conv"]
+    for name, value in values.items():
+        if abs(value - ref) > 1e-3 * max(abs(ref), 1.0):
+            raise AssertionError(f"{name} computes {value}, XLA conv {ref}")
+    return fns
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Time every shape; write and return the table rows."""
+    parser = benchmark_parser(__doc__, name="conv_layers")
+    parser.set_defaults(repeats=20)
+    args = parser.parse_args(argv)
+    with_torch = torch_available()
+    rows = []
+    for batch, side, c_in, c_out, where in SHAPES:
+        times = time_alternating(layer_fns(batch, side, c_in, c_out, with_torch=with_torch),
+                                 repeats=args.repeats, warmup=args.warmup)
+        # forward conv + input gradient + weight gradient: three convolutions' worth of MACs.
+        gflop = 3 * 2 * batch * side * side * 9 * c_in * c_out / 1e9
+        row = {"layer": where, "shape NHWC": f"{batch}x{side}x{side}x{c_in}->{c_out}"}
+        for name, values in times.items():
+            row[f"{name} ms"] = 1e3 * median(values)
+        for name, values in times.items():
+            row[f"{name} GFLOP/s"] = gflop / median(values)
+        if with_torch:
+            row["XLA/PyTorch"] = median(times["XLA conv"]) / median(times["PyTorch"])
+        rows.append(row)
+    jax_mm = matmul_gflops()
+    torch_mm = torch_matmul_gflops() if with_torch else None
+    title = (f"3x3 conv forward + backward, float32, median of {args.repeats}; "
+             f"2048^3 matmul: JAX {jax_mm:.0f} GFLOP/s"
+             + (f", PyTorch {torch_mm:.0f} GFLOP/s" if torch_mm else ""))
+    write_table(rows, args.out, "conv_layers", title=title,
+                extra={"matmul_gflops": {"jax": jax_mm, "torch": torch_mm}})
+    names = [k[:-3] for k in rows[0] if k.endswith(" ms")]
+    save_bar_plot(args.out / "conv_layers.png", [r["shape NHWC"] for r in rows],
+                  {n: [r[f"{n} GFLOP/s"] for r in rows] for n in names},
+                  ylabel="GFLOP/s (higher is better)",
+                  title="3x3 conv fwd+bwd throughput by implementation")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
