@@ -7,7 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmri.nn.fixed_point import FixedPointInfo, Implicit, Unrolled, invert_residual
+from jaxmri.nn.fixed_point import (
+    FixedPointInfo,
+    Implicit,
+    Unrolled,
+    fixed_point_iterate,
+    fixed_point_iterate_unrolled,
+    invert_residual,
+)
 
 LIP = 0.6  # Lipschitz constant of the test contraction
 
@@ -150,3 +157,34 @@ def test_bad_arguments_raise_naming_the_argument(problem):
         invert_residual(g, params, y, mode="implicit")
     with pytest.raises(TypeError, match="y"):
         invert_residual(g, params, jnp.ones((3, 4), jnp.int32), mode=Unrolled(2))
+
+
+@pytest.mark.parametrize("tol", [1e-30, 1e-3])
+def test_unrolled_iterate_matches_the_while_loop(problem, tol):
+    # Same iterate, count and residual whether the loop stops early (tol 1e-3) or runs to the cap.
+    params, _, y = problem
+    y = jnp.asarray(y)
+
+    def step(x):
+        return y - g(params, x)
+
+    kwargs = dict(scale=jnp.linalg.norm(y), tol=tol, max_iter=12)
+    x_w, info_w = jax.jit(lambda y0: fixed_point_iterate(step, y0, **kwargs))(y)
+    x_u, info_u = jax.jit(lambda y0: fixed_point_iterate_unrolled(step, y0, **kwargs))(y)
+    assert int(info_u.num_iter) == int(info_w.num_iter)
+    assert (int(info_w.num_iter) == 12) == (tol == 1e-30)
+    np.testing.assert_allclose(x_u, x_w, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(info_u.residual, info_w.residual, rtol=1e-5)
+
+
+def test_short_and_long_adjoint_solves_give_the_same_gradient(problem):
+    # max_iter <= 16 takes the unrolled adjoint solve, 200 the while loop; both converge.
+    params, _, y = problem
+
+    def grad(mode):
+        return jax.jit(jax.grad(
+            lambda p: jnp.sum(invert_residual(g, p, y, mode=mode)[0] ** 2)))(params)
+
+    short, long = grad(Implicit(tol=1e-30, max_iter=16)), grad(Implicit(tol=1e-30, max_iter=200))
+    for a, b in zip(jax.tree_util.tree_leaves(short), jax.tree_util.tree_leaves(long)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
