@@ -32,6 +32,7 @@ from benchmarks.step_time import torch_available, torch_matmul_gflops
 SHAPES = (
     (4, 64, 16, 16, "joint Rec+SR SR module / RRDB (64 px)"),
     (4, 48, 32, 32, "InvSharpNet blocks (48 px, 32 ch)"),
+    (4, 48, 128, 128, "InvSharpNet paper width (128 ch) at 48 px"),
     (4, 64, 64, 64, "VGG16 block 1 of the perceptual loss (64 px)"),
     (4, 16, 256, 256, "VGG16 block 3 (16 px, 256 ch)"),
     (8, 48, 32, 32, "RecNet cascade (48 px)"),
