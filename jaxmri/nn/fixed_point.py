@@ -151,14 +151,22 @@ def fixed_point_iterate(
         _, k, res = carry
         return (k < max_iter) & (res > tol)
 
+    x, k, res = lax.while_loop(cond, _iteration(step_fn, scale), _initial(x0, scale))
+    return x, FixedPointInfo(num_iter=k, residual=res)
+
+
+def _initial(x0: jax.Array, scale: jax.Array) -> tuple:
+    # (x, iterations done, last relative step): inf so that the first iteration always runs.
+    return x0, jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, dtype=scale.dtype)
+
+
+def _iteration(step_fn: Callable[[jax.Array], jax.Array], scale: jax.Array) -> Callable:
     def body(carry):
         x, k, _ = carry
         x_new = step_fn(x)
         return x_new, k + 1, _relative(_norm(x_new - x), scale)
 
-    init = (x0, jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, dtype=scale.dtype))
-    x, k, res = lax.while_loop(cond, body, init)
-    return x, FixedPointInfo(num_iter=k, residual=res)
+    return body
 
 
 def fixed_point_iterate_unrolled(
@@ -175,14 +183,12 @@ def fixed_point_iterate_unrolled(
     the tolerance is met the state is frozen by a select, so the result is the one the while
     loop stops at. For small ``max_iter`` only: the program grows with it.
     """
-    x, k = x0, jnp.zeros((), jnp.int32)
-    res = jnp.asarray(jnp.inf, dtype=scale.dtype)
+    body, carry = _iteration(step_fn, scale), _initial(x0, scale)
     for _ in range(max_iter):
-        running = res > tol
-        x_new = step_fn(x)
-        res = jnp.where(running, _relative(_norm(x_new - x), scale), res)
-        x = jnp.where(running, x_new, x)
-        k = k + running.astype(jnp.int32)
+        running = carry[2] > tol
+        carry = jax.tree_util.tree_map(lambda new, old, r=running: jnp.where(r, new, old),
+                                       body(carry), carry)
+    x, k, res = carry
     return x, FixedPointInfo(num_iter=k, residual=res)
 
 
