@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from experiments import dsgan_sr as exp
 
@@ -13,6 +14,8 @@ def test_relative_kernel_error():
     np.testing.assert_allclose(exp.relative_kernel_error(2 * truth, truth), 1.0)
 
 
+# About 1 CPU-minute (every network of the paper compiled twice over); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_smoke_experiment_end_to_end_and_resume(tmp_path):
     argv = ["--preset", "smoke", "--workdir", str(tmp_path)]
     out = exp.main(argv)

@@ -51,6 +51,8 @@ def test_second_run_resumes_instead_of_retraining(smoke_run):
     assert again["table2"] == summary["table2"]
 
 
+# A second smoke run (30 CPU-seconds); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_recon_model_2_and_generalisation_to_another_volume(tmp_path):
     """Table A1 (U-Net recon) and --eval-data on a user NIfTI volume, without the ablation."""
     import nibabel as nib

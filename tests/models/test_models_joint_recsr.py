@@ -143,8 +143,12 @@ def test_train_steps_lower_the_loss_of_the_proposed_model_with_gan():
     def predict(variables, b):
         return module.apply(variables, b["zero_filled"], b["kspace"], b["mask"], b["maps"])
 
-    # The step averages gradients over the "batch" axis, as under jaxmri.train.fit.
-    step = jax.pmap(jr.make_train_step(predict, weights=jr.LossWeights()), axis_name="batch")
+    # The step averages gradients over the "batch" axis, as under jaxmri.train.fit. The VGG16
+    # perceptual term is left out to keep the compile short (its value is tested in
+    # test_perceptual_l1_loss_is_the_mean_feature_l1_distance; the full eq. 12 step runs in the
+    # slow smoke test of experiments.joint_recsr); pixel L1 carries weight 1 instead.
+    weights = jr.LossWeights(perceptual=0.0, pixel=1.0)
+    step = jax.pmap(jr.make_train_step(predict, weights=weights), axis_name="batch")
     state = replicate({"generator": gen, "discriminator": dstate})
     sharded = shard_batch(batch)
     keys = jax.random.split(jax.random.PRNGKey(2), jax.local_device_count())
@@ -153,8 +157,9 @@ def test_train_steps_lower_the_loss_of_the_proposed_model_with_gan():
         state, metrics = step(state, sharded, keys)
         history.append({k: float(v[0]) for k, v in metrics.items()})
     # The generator's supervised terms fall (the adversarial term moves with the discriminator).
-    supervised = [h["perceptual"] + 1e-2 * h["pixel"] + h["rec"] for h in history]
+    supervised = [h["pixel"] + h["rec"] for h in history]
     assert supervised[-1] < 0.9 * supervised[0]
+    assert "perceptual" not in history[0]
     assert {"adversarial", "d_loss", "deq_iters"} <= set(history[0])
     assert 1 <= history[0]["deq_iters"] <= 3
 
