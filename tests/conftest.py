@@ -7,5 +7,11 @@ more, so the flag is set here, before JAX is imported by any test module.
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+# jaxmri's CPU default (jaxmri/xla_defaults.py) gives every convolution to XLA's multi-threaded
+# Eigen kernels. The suite already runs two single-process workers on the two cores, and two
+# workers each spinning two Eigen threads made it 15 % slower (10:22 vs ~9:00), so the tests keep
+# jaxlib's kernels; tests/test_xla_defaults.py checks the default in fresh subprocesses, and the
+# whole suite passed with it on (602 tests, 2026-11-21).
+os.environ.setdefault("JAXMRI_XLA_DEFAULTS", "0")
 # Keep JAX deterministic and quiet on CPU.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

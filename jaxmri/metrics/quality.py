@@ -113,17 +113,22 @@ def _gaussian_kernel_1d(size: int, sigma: float) -> np.ndarray:
     return g / g.sum()
 
 
+def _correlate_valid_1d(x: jnp.ndarray, kernel, axis: int) -> jnp.ndarray:
+    """'valid' correlation of ``x`` with a 1-D ``kernel`` along ``axis``: ``sum_k g_k x[i + k]``.
+
+    Written as a weighted sum of shifted slices, which XLA fuses into one elementwise loop: on
+    the CPU this is 2-3x faster than a one-channel convolution (forward and backward) and it is
+    exact float32 on every backend (no reduced-precision convolution on accelerators).
+    """
+    taps = jnp.asarray(kernel, x.dtype)
+    out = x.shape[axis] - taps.shape[0] + 1
+    return sum(taps[k] * lax.slice_in_dim(x, k, k + out, axis=axis)
+               for k in range(taps.shape[0]))
+
+
 def _filter_valid(x: jnp.ndarray, kernel_h, kernel_w) -> jnp.ndarray:
     """Separable 'valid' correlation of ``x`` ``(N, H, W)`` with 1-D kernels along H then W."""
-    kh = jnp.asarray(kernel_h, x.dtype)[None, None, :, None]  # OIHW
-    kw = jnp.asarray(kernel_w, x.dtype)[None, None, None, :]
-    # HIGHEST: accelerators default to reduced-precision float32 convs, which would cost SSIM
-    # its agreement with the float64 references.
-    y = lax.conv_general_dilated(
-        x[:, None], kh, (1, 1), "VALID", precision=lax.Precision.HIGHEST
-    )
-    y = lax.conv_general_dilated(y, kw, (1, 1), "VALID", precision=lax.Precision.HIGHEST)
-    return y[:, 0]
+    return _correlate_valid_1d(_correlate_valid_1d(x, kernel_h, axis=-2), kernel_w, axis=-1)
 
 
 def _local_moments(x, y, kernel_1d, cov_norm: float):
@@ -462,8 +467,8 @@ def hfen(pred, target, *, sigma: float = 1.5, size: int = 15) -> jnp.ndarray:
 def _hfen(pred, target, *, sigma, size):
     x, lead = _as_batch(pred)
     y, _ = _as_batch(target)
-    log_x = _laplacian_of_gaussian(x, sigma, size)
-    log_y = _laplacian_of_gaussian(y, sigma, size)
+    # One filter call on both stacks: the same compiled code for x and y, so hfen(t, t) == 0.
+    log_x, log_y = jnp.split(_laplacian_of_gaussian(jnp.concatenate([x, y]), sigma, size), 2)
     num = jnp.sqrt(jnp.sum((log_x - log_y) ** 2, axis=(-2, -1)))
     den = jnp.sqrt(jnp.sum(log_y**2, axis=(-2, -1)))
     return (num / den).reshape(lead)

@@ -228,3 +228,24 @@ def test_bad_arguments_raise_naming_the_argument():
         SpectralNormConv(4).apply(variables, x, update_stats=True)
     with pytest.raises(ValueError, match="num_iters"):
         operator_norm(key, lambda z: z, (3,), num_iters=0)
+
+
+@pytest.mark.parametrize("padding, ksize", [("SAME", (3, 3)), ("VALID", (3, 3)), ("SAME", (2, 3))])
+def test_kernel_correlation_is_the_adjoint_of_conv_in_its_kernel(padding, ksize):
+    """<u, conv(v, K)> = <K, C(u, v)> for any K, and spectral_sigma's gradients equal the
+    autodiff gradients of the convolution form (kernel, u and v)."""
+    from jaxmri.nn.spectral import kernel_correlation, spectral_sigma
+
+    keys = jax.random.split(jax.random.PRNGKey(7), 4)
+    kernel = jax.random.normal(keys[0], (*ksize, C_IN, C_OUT))
+    v = jax.random.normal(keys[1], (2, SIZE, SIZE + 1, C_IN))
+    u = jax.random.normal(keys[2], conv_nhwc(v, kernel, padding=padding).shape)
+    corr = kernel_correlation(u, v, kernel.shape, padding=padding)
+    for k in (kernel, jax.random.normal(keys[3], kernel.shape)):
+        np.testing.assert_allclose(jnp.vdot(k, corr), jnp.vdot(u, conv_nhwc(v, k, padding=padding)),
+                                   rtol=1e-5)
+    conv_form = lambda k, u, v: jnp.vdot(u, conv_nhwc(v, k, padding=padding))  # noqa: E731
+    ours = jax.grad(functools.partial(spectral_sigma, padding=padding), argnums=(0, 1, 2))
+    for got, want in zip(ours(kernel, u, v), jax.grad(conv_form, argnums=(0, 1, 2))(kernel, u, v),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
