@@ -94,20 +94,33 @@ def benchmark_parser(doc: str | None, *, name: str) -> argparse.ArgumentParser:
 
 
 def time_alternating(fns: Mapping[str, Callable[[], None]], *, repeats: int,
-                     warmup: int = 1) -> dict[str, list[float]]:
-    """Wall seconds of ``repeats`` calls of each function, interleaved A, B, A, B, ...
+                     warmup: int = 1, settle_s: float = 0.05) -> dict[str, list[float]]:
+    """Wall seconds of ``repeats`` calls of each function, in alternating turns A, B, A, B, ...
 
     Each function is first called ``warmup`` times untimed. Interleaving means a change of machine
-    load during the run affects every implementation alike. Returns ``{name: [seconds, ...]}``.
+    load during the run affects every implementation alike. Each turn starts with untimed calls
+    of that turn's function for at least ``settle_s`` seconds (at least one call when
+    ``settle_s > 0``) and then times one call: after a call, PyTorch's OpenMP threads and XLA's
+    Eigen threads keep spinning for a few milliseconds, and on a 2-core machine the next
+    framework's call then competes with them (measured: a 5 ms XLA convolution took 10-11 ms right
+    after a PyTorch call, 6-7 ms after 50 ms of its own calls; PyTorch lost 10-30 % the other
+    way). Settling times every implementation in its own steady state, as a user running one of
+    them sees it. ``settle_s = 0`` gives strict A, B, A, B timing. Returns ``{name: [seconds]}``.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    if repeats < 1 or warmup < 0 or settle_s < 0:
+        raise ValueError(f"repeats must be >= 1, warmup and settle_s >= 0, got {repeats}, "
+                         f"{warmup}, {settle_s}")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if settle_s > 0:
+                settle_start = time.perf_counter()
+                fn()
+                while time.perf_counter() - settle_start < settle_s:
+                    fn()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

@@ -54,6 +54,9 @@ from jaxmri.train import (
 
 __all__ = ["cases"]
 
+# The names of the rows cases() builds (step_time --only skips modules without a match).
+CASE_NAMES = ('DSGAN generator+discriminator', 'EDSR')
+
 # Tolerance of the equivalence check, per step: relative difference of every loss term at step
 # 1 (same parameters, same batch), 2 (after the first Adam update: learning rate and epsilon) and
 # 3 (after the second: the betas, which the first update ``-lr g / (|g| + eps)`` does not see).

@@ -31,6 +31,9 @@ from benchmarks._common import StepCase, jax_case
 
 __all__ = ["cases", "phantom_images"]
 
+# The names of the rows cases() builds (step_time --only skips modules without a match).
+CASE_NAMES = ('IFR-Net',)
+
 FORWARD_RTOL = 1e-4  # relative L2 error of the forward output
 GRAD_RTOL = 1e-3  # relative L2 error of all loss gradients together
 

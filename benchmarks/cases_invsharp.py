@@ -43,6 +43,9 @@ from benchmarks._common import StepCase, count_params, jax_case
 
 __all__ = ["cases", "invsharp_batch"]
 
+# The names of the rows cases() builds (step_time --only skips modules without a match).
+CASE_NAMES = ('InvSharpNet backward', 'InvSharpNet forward refinement')
+
 # Build-time equivalence tolerances (float32; the paths differ in summation order only).
 LOSS_RTOL = 1e-4
 GRAD_RTOL = 1e-3

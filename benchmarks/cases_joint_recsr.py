@@ -52,6 +52,7 @@ from jaxmri.train import create_train_state
 __all__ = ["CASE_NAME", "RELATIVE_TOLERANCE", "cases"]
 
 CASE_NAME = "Joint Rec+SR (SFT)"
+CASE_NAMES = (CASE_NAME,)  # the rows cases() builds (step_time --only)
 METHOD = "Proposed"
 # float32 rounding of two FFT and convolution libraries through <= 30 DEQ iterations and a VGG16.
 RELATIVE_TOLERANCE = 1e-4

@@ -35,6 +35,9 @@ from benchmarks.cases_ifrnet import phantom_images, torch_fft_ops
 
 __all__ = ["cases"]
 
+# The names of the rows cases() builds (step_time --only skips modules without a match).
+CASE_NAMES = ('RecNet', 'RecNet + refinement GAN')
+
 FORWARD_RTOL = 1e-4  # relative L2 error of forward outputs and of first-step loss terms
 GRAD_RTOL = 1e-3  # relative L2 error of all RecNet loss gradients together
 SECOND_STEP_RTOL = 1e-3  # loss terms after one update of both networks (Adam amplifies noise)

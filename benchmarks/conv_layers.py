@@ -6,7 +6,9 @@ The training steps of all five methods are dominated by 3x3 convolutions of smal
 (16 to 64 px, 16 to 512 channels). This script times the building block alone, at shapes the
 cpu presets use: ``y = tanh(conv3x3(x, w))`` summed, with the gradients for ``x`` and ``w``
 (the work a layer does in a training step), jit-compiled in JAX (``lax.conv_general_dilated``,
-NHWC / HWIO, the layout Flax uses) and eager in PyTorch (NCHW / OIHW), alternating, float32.
+NHWC / HWIO, the layout Flax uses, with jaxmri's XLA:CPU setting from :mod:`jaxmri.xla_defaults`;
+``JAXMRI_XLA_DEFAULTS=0`` times jaxlib's own YNNPACK convolutions instead) and eager in PyTorch
+(NCHW / OIHW), alternating, float32.
 It also times the same convolution written as an im2col matrix product in JAX, to separate the
 convolution kernel from the arithmetic (XLA's CPU matmul is as fast as PyTorch's: see the
 matmul row). Writes ``<out>/conv_layers.{md,json,png}``.
@@ -32,6 +34,7 @@ from benchmarks.step_time import torch_available, torch_matmul_gflops
 SHAPES = (
     (4, 64, 16, 16, "joint Rec+SR SR module / RRDB (64 px)"),
     (4, 48, 32, 32, "InvSharpNet blocks (48 px, 32 ch)"),
+    (4, 48, 32, 4, "InvSharpNet block output (32 -> 4 ch)"),
     (4, 48, 128, 128, "InvSharpNet paper width (128 ch) at 48 px"),
     (4, 64, 64, 64, "VGG16 block 1 of the perceptual loss (64 px)"),
     (4, 16, 256, 256, "VGG16 block 3 (16 px, 256 ch)"),

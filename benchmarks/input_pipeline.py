@@ -64,7 +64,8 @@ def delivered_rate(batch_fn: Callable[[int], dict], *, steps: int) -> tuple[floa
 
 def consumed_rate(case, *, repeats: int, warmup: int) -> float:
     """Samples per second the step of ``case`` consumes (global batch / median step time)."""
-    times = time_alternating({"step": case.jax_step}, repeats=repeats, warmup=warmup)
+    times = time_alternating({"step": case.jax_step}, repeats=repeats, warmup=warmup,
+                             settle_s=0.0)
     return case.batch_size / median(times["step"])
 
 

@@ -179,7 +179,8 @@ def measure(config: isn.InvSharpConfig, batch: dict[str, np.ndarray], *, image_s
                                   count_iterations=count_iterations)
                  for kind in rows}
         times = (time_alternating({kind: b.run for kind, b in built.items()}, repeats=repeats,
-                                  warmup=warmup) if repeats > 0 else None)
+                                  warmup=warmup, settle_s=0.0)  # one framework: no settling
+                 if repeats > 0 else None)
         for kind, b in built.items():
             mem = b.memory
             rows[kind].append({

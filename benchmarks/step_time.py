@@ -44,6 +44,11 @@ CASE_MODULES = ("cases_invsharp", "cases_ifrnet", "cases_refine", "cases_dsgan",
 TARGET_RATIO = 0.8  # issue 9: JAX step time <= 0.8 x PyTorch eager
 
 
+def _selected(name: str, only) -> bool:
+    """Whether a case is selected by ``--only`` (substring match, case-insensitive)."""
+    return not only or any(s.lower() in name.lower() for s in only)
+
+
 def torch_available() -> bool:
     """Whether PyTorch imports (the ``bench`` extra)."""
     try:
@@ -114,11 +119,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for module_name in CASE_MODULES:
         module = importlib.import_module(f"benchmarks.{module_name}")
+        if not any(_selected(name, args.only) for name in module.CASE_NAMES):
+            continue  # building a module's cases costs seconds to minutes
         start = time.perf_counter()
         cases = module.cases(paper=args.paper, with_torch=with_torch)
         print(f"{module_name}: built {len(cases)} case(s) in {time.perf_counter() - start:.0f} s")
+        unknown = {c.name for c in cases} - set(module.CASE_NAMES)
+        assert not unknown, f"{module_name}.CASE_NAMES misses {sorted(unknown)}"
         for case in cases:
-            if args.only and not any(s.lower() in case.name.lower() for s in args.only):
+            if not _selected(case.name, args.only):
                 continue
             fns = {"JAX": case.jax_step}
             if case.torch_step is not None:
@@ -141,7 +150,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     preset = "paper" if args.paper else "cpu"
     info = machine_info()
     title = (f"Training step time, {preset} presets, float32, median of {args.repeats} "
-             f"alternating runs after {args.warmup} warm-up; {info['cpu_count']} CPU cores "
+             f"alternating turns (each settled for 50 ms) after {args.warmup} warm-up; "
+             f"{info['cpu_count']} CPU cores "
              f"({info['cpu']}), {len(info['devices'])} JAX device(s); matmul peak "
              f"{peak:.1f} GFLOP/s")
     columns = [c for c in rows[0] if not c.startswith("_")]

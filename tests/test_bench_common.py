@@ -1,6 +1,8 @@
 """The shared benchmark pieces: A/B interleaving, FLOP and memory counts, tables, pmap check."""
 
+import itertools
 import json
+import time
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +25,33 @@ from jaxmri.train import apply_mean_gradients, create_train_state
 def test_time_alternating_interleaves_after_warmup():
     calls = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    times = time_alternating(fns, repeats=3, warmup=2)
+    times = time_alternating(fns, repeats=3, warmup=2, settle_s=0.0)
     assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
     assert all(t >= 0 for v in times.values() for t in v)
     with pytest.raises(ValueError, match="repeats"):
         time_alternating(fns, repeats=0)
+
+
+def test_time_alternating_settles_each_turn_before_timing_one_call():
+    """Each turn: untimed calls for >= settle_s, then exactly one timed call (the last)."""
+    calls = []
+
+    def slow(name):
+        def fn():
+            calls.append((name, time.perf_counter()))
+            time.sleep(0.004)
+        return fn
+
+    times = time_alternating({"a": slow("a"), "b": slow("b")}, repeats=2, warmup=0,
+                             settle_s=0.02)
+    names = [n for n, _ in calls]
+    turns = [(n, len(list(g))) for n, g in itertools.groupby(names)]
+    assert [n for n, _ in turns] == ["a", "b", "a", "b"]  # strict alternation of turns
+    # Every turn is long enough: >= 0.02 s of settling (>= 5 calls of 4 ms) plus the timed one.
+    runs = [r for _, r in turns]
+    assert all(r >= 6 for r in runs), runs
+    assert all(0.004 <= t < 0.1 for v in times.values() for t in v)
 
 
 def test_compiled_flops_counts_a_matmul_and_replicas():
