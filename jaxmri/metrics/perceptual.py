@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxmri._checks import check_positive
 from jaxmri.metrics.quality import _as_batch, _check_image, _check_image_pair
+from jaxmri.nn.layers import max_pool_2x2
 
 __all__ = ["AlexNetFeatures", "VGG16Features", "load_pretrained", "features", "lpips"]
 
@@ -69,7 +70,7 @@ class VGG16Features(nn.Module):
         taps = []
         for b, widths in enumerate(_VGG16_BLOCKS):
             if b > 0:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
             for i, width in enumerate(widths):
                 x = nn.relu(nn.Conv(width, (3, 3), padding=1, name=f"conv{b + 1}_{i + 1}")(x))
             taps.append(x)

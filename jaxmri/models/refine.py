@@ -60,6 +60,7 @@ from jaxmri.losses import (
     perceptual_loss,
 )
 from jaxmri.models.recon import DCCascade
+from jaxmri.nn.layers import max_pool_2x2
 from jaxmri.train.loop import AXIS_NAME, apply_mean_gradients, pmean_tree
 
 __all__ = [
@@ -133,7 +134,7 @@ class RefinementUNet(nn.Module):
             x = conv_bn_act(conv_bn_act(x, width), width)
             if i < len(self.encoder_features) - 1:
                 skips.append(x)
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
         for width, skip in zip(self.decoder_features, reversed(skips), strict=True):
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
             x = conv_bn_act(x, width)

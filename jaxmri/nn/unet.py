@@ -18,6 +18,8 @@ from typing import Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxmri.nn.layers import avg_pool_2x2
+
 __all__ = ["UNet"]
 
 Norm = Literal["instance", "batch", "none"]
@@ -85,7 +87,7 @@ class UNet(nn.Module):
         for feat in self.features[:-1]:
             x = ConvBlock(feat, **block)(x, train=train)
             skips.append(x)
-            x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            x = avg_pool_2x2(x)
         x = ConvBlock(self.features[-1], **block)(x, train=train)
         for feat, skip in zip(reversed(self.features[:-1]), reversed(skips), strict=True):
             x = nn.ConvTranspose(feat, (2, 2), strides=(2, 2), use_bias=self.norm == "none")(x)
