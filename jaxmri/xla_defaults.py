@@ -3,9 +3,10 @@
 Why: jaxlib 0.10 hands every convolution on the CPU to YNNPACK (``__ynn_fusion``), which runs a
 convolution on one thread. XLA's own convolution (Eigen) uses every core. On the 2-core CPU
 machine the benchmarks run on (``python -m benchmarks.conv_layers``), turning YNNPACK off for
-convolutions makes a 3x3 conv forward 1.5-1.7x and its weight gradient 2.3-2.6x faster at
-32-64 channels, and it is what brings the training steps of every method to or below PyTorch
-(``python -m benchmarks.step_time``). Matrix products keep YNNPACK (the XLA default for dots).
+convolutions makes a 3x3 conv forward 1.5-1.7x and its weight gradient 2.2-2.6x faster at
+32-64 channels, and it was the largest part of taking the conv-heavy training steps from
+1.12-1.50x PyTorch's step time to 0.9-1.25x (``python -m benchmarks.step_time``; the README's
+Performance section has the table). Matrix products keep YNNPACK (the XLA default for dots).
 
 How: XLA reads ``XLA_FLAGS`` once, when the first JAX computation starts its backend, so the
 flag is added to the environment at import time, before any array exists. It is added only
