@@ -8,10 +8,14 @@ Networks see NHWC real arrays. A complex image ``(N, H, W)`` becomes two channel
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 from jaxmri._checks import check_complex, check_ndim
 
-__all__ = ["complex_to_channels", "channels_to_complex", "max_pool_2x2", "avg_pool_2x2"]
+__all__ = [
+    "complex_to_channels", "channels_to_complex", "max_pool_2x2", "avg_pool_2x2",
+    "conv_stride2_space_to_depth",
+]
 
 
 def complex_to_channels(x: jnp.ndarray) -> jnp.ndarray:
@@ -84,3 +88,59 @@ def avg_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     elementwise gradient instead of a padded ``reduce_window``).
     """
     return jnp.mean(_blocks_2x2(x), axis=(2, 4))
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
+    if dimension_numbers is None:
+        return False
+    return lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) == \
+        lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC)
+
+
+def conv_stride2_space_to_depth(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                rhs_dilation=None, dimension_numbers=None,
+                                feature_group_count=1, precision=None, **kwargs):
+    """Drop-in for ``lax.conv_general_dilated`` (Flax ``nn.Conv(conv_general_dilated=...)``).
+
+    A 2-D NHWC convolution with stride 2 and an even ``k x k`` kernel is computed as a stride-1
+    ``k/2 x k/2`` convolution of the space-to-depth input (each 2x2 pixel block becomes 4C
+    channels; the kernel is rearranged the same way). It is the same linear map, so values
+    agree to float32 rounding and parameters keep their ``(k, k, C_in, C_out)`` layout. Why: on
+    XLA:CPU the input gradient of a strided convolution (a convolution with a dilated input) is
+    slow at small images: PatchGAN's 4x4 stride-2 layers at 6 px and 3 px took 13 and 18 ms for
+    forward + both gradients, 2.6 and 4.4 ms this way (1.2-1.7x faster at 12-48 px too).
+    Every other configuration (strides other than 2, odd kernels, dilation, groups, other
+    layouts) goes to ``lax.conv_general_dilated`` unchanged.
+    """
+    strides = tuple(window_strides)
+    kh, kw = rhs.shape[:2] if rhs.ndim == 4 else (1, 1)
+    fast = (lhs.ndim == 4 and strides == (2, 2) and kh % 2 == 0 and kw % 2 == 0
+            and all(d == 1 for d in (lhs_dilation or (1, 1)))
+            and all(d == 1 for d in (rhs_dilation or (1, 1)))
+            and feature_group_count == 1 and not kwargs
+            and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape))
+    if not fast:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision, **kwargs)
+    n, h, w, c = lhs.shape
+    pads = (lax.padtype_to_pads((h, w), (kh, kw), strides, padding) if isinstance(padding, str)
+            else [tuple(p) for p in padding])
+    (top, bottom), (left, right) = pads
+    out_h = (h + top + bottom - kh) // 2 + 1
+    out_w = (w + left + right - kw) // 2 + 1
+    # Pad to an even size (the extra row/column is never read by a kept output).
+    bottom += (h + top + bottom) % 2
+    right += (w + left + right) % 2
+    x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    hb, wb = x.shape[1] // 2, x.shape[2] // 2
+    # x[n, 2a + p, 2b + q, c] -> xs[n, a, b, (p, q, c)]; kernel[2i + p, 2j + q] -> ks[i, j, (p, q)]
+    xs = x.reshape(n, hb, 2, wb, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hb, wb, 4 * c)
+    ks = rhs.reshape(kh // 2, 2, kw // 2, 2, c, -1).transpose(0, 2, 1, 3, 4, 5)
+    ks = ks.reshape(kh // 2, kw // 2, 4 * c, -1)
+    y = lax.conv_general_dilated(xs, ks, (1, 1), "VALID", dimension_numbers=_NHWC,
+                                 precision=precision)
+    return y[:, :out_h, :out_w]

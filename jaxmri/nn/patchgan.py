@@ -26,6 +26,8 @@ from typing import Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxmri.nn.layers import conv_stride2_space_to_depth
+
 __all__ = ["PatchGAN", "gan_normal_init"]
 
 Norm = Literal["batch", "instance", "none"]
@@ -83,7 +85,8 @@ class PatchGAN(nn.Module):
         for i, (width, stride) in enumerate(zip(self.features, self.strides, strict=True)):
             normalised = i > 0 and self.norm != "none"
             x = nn.Conv(width, k, strides=(stride, stride), padding="SAME",
-                        use_bias=not normalised, kernel_init=init)(x)
+                        use_bias=not normalised, kernel_init=init,
+                        conv_general_dilated=conv_stride2_space_to_depth)(x)
             if normalised and self.norm == "batch":
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                                  scale_init=_bn_scale_init)(x)

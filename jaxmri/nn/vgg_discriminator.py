@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmri.nn.layers import conv_stride2_space_to_depth
+
 __all__ = ["VGGDiscriminator"]
 
 
@@ -42,7 +44,8 @@ class VGGDiscriminator(nn.Module):
         h = x
         for i, f in enumerate(self.features):
             h = nn.leaky_relu(nn.Conv(f, (3, 3), name=f"conv{i}_0")(h), self.negative_slope)
-            h = nn.leaky_relu(nn.Conv(f, (4, 4), strides=(2, 2), name=f"conv{i}_1")(h),
+            h = nn.leaky_relu(nn.Conv(f, (4, 4), strides=(2, 2), name=f"conv{i}_1",
+                                      conv_general_dilated=conv_stride2_space_to_depth)(h),
                               self.negative_slope)
         h = jnp.mean(h, axis=(1, 2))
         h = nn.leaky_relu(nn.Dense(self.hidden, name="dense0")(h), self.negative_slope)
