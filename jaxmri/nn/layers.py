@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxmri._checks import check_complex, check_ndim
+from jaxmri.nn.layers_sr import pixel_unshuffle
 
 __all__ = [
     "complex_to_channels", "channels_to_complex", "max_pool_2x2", "avg_pool_2x2",
@@ -126,7 +127,7 @@ def conv_stride2_space_to_depth(lhs, rhs, window_strides, padding, lhs_dilation=
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         precision=precision, **kwargs)
-    n, h, w, c = lhs.shape
+    _, h, w, c = lhs.shape
     pads = (lax.padtype_to_pads((h, w), (kh, kw), strides, padding) if isinstance(padding, str)
             else [tuple(p) for p in padding])
     (top, bottom), (left, right) = pads
@@ -136,10 +137,10 @@ def conv_stride2_space_to_depth(lhs, rhs, window_strides, padding, lhs_dilation=
     bottom += (h + top + bottom) % 2
     right += (w + left + right) % 2
     x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    hb, wb = x.shape[1] // 2, x.shape[2] // 2
-    # x[n, 2a + p, 2b + q, c] -> xs[n, a, b, (p, q, c)]; kernel[2i + p, 2j + q] -> ks[i, j, (p, q)]
-    xs = x.reshape(n, hb, 2, wb, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hb, wb, 4 * c)
-    ks = rhs.reshape(kh // 2, 2, kw // 2, 2, c, -1).transpose(0, 2, 1, 3, 4, 5)
+    # pixel_unshuffle: x[n, 2a + p, 2b + q, c] -> xs[n, a, b, (c, p, q)]; the kernel tap
+    # [2i + p, 2j + q, c, o] goes to ks[i, j, (c, p, q), o] to match.
+    xs = pixel_unshuffle(x, 2)
+    ks = rhs.reshape(kh // 2, 2, kw // 2, 2, c, -1).transpose(0, 2, 4, 1, 3, 5)
     ks = ks.reshape(kh // 2, kw // 2, 4 * c, -1)
     y = lax.conv_general_dilated(xs, ks, (1, 1), "VALID", dimension_numbers=_NHWC,
                                  precision=precision)
