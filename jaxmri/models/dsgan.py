@@ -43,6 +43,7 @@ from jax import lax
 from scipy.ndimage import uniform_filter
 
 from jaxmri._checks import check_ndim, check_positive
+from jaxmri.nn.layers import conv_general_dilated
 from jaxmri.nn.spectral import SpectralNormConv
 from jaxmri.physics.degrade import bicubic_resize
 from jaxmri.train import AXIS_NAME, apply_mean_gradients, create_train_state, pmean_tree
@@ -499,7 +500,7 @@ class DownsamplingNet(nn.Module):
         h = nn.relu(nn.Conv(self.features, (3, 3), strides=(2, 2), name="down")(x))
         for i in range(self.num_layers - 2):
             h = nn.relu(nn.Conv(self.features, (3, 3), name=f"conv{i}")(h))
-        return nn.Conv(1, (3, 3), name="out")(h)
+        return nn.Conv(1, (3, 3), name="out", conv_general_dilated=conv_general_dilated)(h)
 
 
 def make_l1_train_step(*, input_key: str, target_key: str) -> Callable:

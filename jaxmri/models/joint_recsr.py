@@ -50,7 +50,7 @@ from jaxmri._checks import check_complex, check_ndim, check_positive
 from jaxmri.losses import discriminator_loss, generator_loss
 from jaxmri.metrics import features as pretrained_features
 from jaxmri.nn.deq import DEQInfo, deq_fixed_point
-from jaxmri.nn.layers import channels_to_complex, complex_to_channels
+from jaxmri.nn.layers import channels_to_complex, complex_to_channels, conv_general_dilated
 from jaxmri.nn.rrdb import RRDB, RRDBSFT, scaled_kaiming_init
 from jaxmri.physics import kspace_crop, kspace_zero_pad, sense_adjoint, sense_forward
 from jaxmri.train import apply_mean_gradients
@@ -150,7 +150,8 @@ class RRDBProximal(nn.Module):
             complex_to_channels(s))
         for _ in range(self.num_blocks):
             h = RRDB(self.features, self.growth)(h)
-        out = nn.Conv(2, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        out = nn.Conv(2, (3, 3), kernel_init=nn.initializers.zeros,
+                      conv_general_dilated=conv_general_dilated)(h)
         return s + channels_to_complex(out)
 
 
@@ -235,7 +236,8 @@ class SRModule(nn.Module):
         feat = feat + nn.Conv(self.features, (3, 3), name="conv_body")(h)
         h = nearest_upsample(feat, 2)
         h = nn.leaky_relu(nn.Conv(self.features, (3, 3), name="conv_up")(h), 0.2)
-        return nn.Conv(1, (3, 3), name="conv_last")(h)[..., 0]
+        return nn.Conv(1, (3, 3), name="conv_last",
+                       conv_general_dilated=conv_general_dilated)(h)[..., 0]
 
 
 class JointRecSR(nn.Module):

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
-from jaxmri.nn.layers import channels_to_complex, complex_to_channels
+from jaxmri.nn.layers import channels_to_complex, complex_to_channels, conv_general_dilated
 from jaxmri.nn.unet import UNet
 from jaxmri.physics.consistency import image_dc
 
@@ -50,7 +50,8 @@ class DCCascade(nn.Module):
             h = complex_to_channels(x)
             for _ in range(self.convs_per_cascade - 1):
                 h = nn.leaky_relu(nn.Conv(self.features, (3, 3))(h), self.negative_slope)
-            x = x + channels_to_complex(nn.Conv(2, (3, 3))(h))
+            out = nn.Conv(2, (3, 3), conv_general_dilated=conv_general_dilated)(h)
+            x = x + channels_to_complex(out)
             x = image_dc(x, kspace, mask, maps=maps, noise_lambda=self.noise_lambda)
         return x
 

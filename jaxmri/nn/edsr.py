@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 
 from jaxmri._checks import check_ndim
+from jaxmri.nn.layers import conv_general_dilated
 from jaxmri.nn.layers_sr import pixel_shuffle
 
 __all__ = ["EDSRResBlock", "EDSR"]
@@ -59,4 +60,5 @@ class EDSR(nn.Module):
         for i, r in enumerate(stages):
             h = nn.Conv(self.features * r * r, (3, 3), name=f"upsample{i}")(h)
             h = pixel_shuffle(h, r)
-        return nn.Conv(self.out_channels, (3, 3), name="tail")(h)
+        return nn.Conv(self.out_channels, (3, 3), name="tail",
+                       conv_general_dilated=conv_general_dilated)(h)

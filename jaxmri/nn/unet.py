@@ -18,7 +18,7 @@ from typing import Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxmri.nn.layers import avg_pool_2x2
+from jaxmri.nn.layers import avg_pool_2x2, conv_general_dilated
 
 __all__ = ["UNet"]
 
@@ -94,4 +94,4 @@ class UNet(nn.Module):
             x = _normalise(x, self.norm, train)
             x = nn.leaky_relu(x, self.negative_slope)
             x = ConvBlock(feat, **block)(jnp.concatenate([x, skip], axis=-1), train=train)
-        return nn.Conv(self.out_channels, (1, 1))(x)
+        return nn.Conv(self.out_channels, (1, 1), conv_general_dilated=conv_general_dilated)(x)

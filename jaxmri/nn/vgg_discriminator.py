@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmri.nn.layers import conv_stride2_space_to_depth
+from jaxmri.nn.layers import conv_general_dilated
 
 __all__ = ["VGGDiscriminator"]
 
@@ -45,7 +45,7 @@ class VGGDiscriminator(nn.Module):
         for i, f in enumerate(self.features):
             h = nn.leaky_relu(nn.Conv(f, (3, 3), name=f"conv{i}_0")(h), self.negative_slope)
             h = nn.leaky_relu(nn.Conv(f, (4, 4), strides=(2, 2), name=f"conv{i}_1",
-                                      conv_general_dilated=conv_stride2_space_to_depth)(h),
+                                      conv_general_dilated=conv_general_dilated)(h),
                               self.negative_slope)
         h = jnp.mean(h, axis=(1, 2))
         h = nn.leaky_relu(nn.Dense(self.hidden, name="dense0")(h), self.negative_slope)

@@ -1,5 +1,5 @@
-"""Layers rewritten for XLA:CPU speed (2x2 pooling, stride-2 convolutions): same values and
-gradients as the Flax / lax originals."""
+"""Layers rewritten for XLA:CPU speed (2x2 pooling, stride-2 convolutions, stride-1 convolutions
+with a fast kernel gradient): same values and gradients as the Flax / lax originals."""
 
 import flax.linen as nn
 import jax
@@ -42,7 +42,7 @@ def test_space_to_depth_conv_equals_the_strided_conv(shape, kernel, padding):
     """Values and both gradients equal lax's stride-2 convolution (even kernels, any padding)."""
     from jax import lax
 
-    from jaxmri.nn.layers import conv_stride2_space_to_depth
+    from jaxmri.nn.layers import conv_general_dilated
 
     dn = ("NHWC", "HWIO", "NHWC")
     x = jax.random.normal(jax.random.PRNGKey(2), shape)
@@ -55,20 +55,115 @@ def test_space_to_depth_conv_equals_the_strided_conv(shape, kernel, padding):
     (l_ref, y_ref), g_ref = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(
         lax.conv_general_dilated, x, w)
     (l_ours, y_ours), g_ours = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(
-        conv_stride2_space_to_depth, x, w)
+        conv_general_dilated, x, w)
     assert y_ours.shape == y_ref.shape
     np.testing.assert_allclose(y_ours, y_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(g_ours, g_ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_space_to_depth_conv_in_flax_keeps_parameters_and_falls_back_elsewhere():
-    from jaxmri.nn.layers import conv_stride2_space_to_depth
+def test_jaxmri_conv_in_flax_keeps_parameters_and_values():
+    from jaxmri.nn.layers import conv_general_dilated
 
     x = jax.random.normal(jax.random.PRNGKey(4), (2, 10, 10, 3))
     for strides, kernel in (((2, 2), (4, 4)), ((1, 1), (3, 3)), ((2, 2), (3, 3))):
         plain = nn.Conv(5, kernel, strides=strides)
-        fast = nn.Conv(5, kernel, strides=strides, conv_general_dilated=conv_stride2_space_to_depth)
+        fast = nn.Conv(5, kernel, strides=strides, conv_general_dilated=conv_general_dilated)
         variables = plain.init(jax.random.PRNGKey(5), x)
         np.testing.assert_allclose(fast.apply(variables, x), plain.apply(variables, x),
                                    rtol=1e-5, atol=1e-5)
+
+
+# (x shape, kernel size, C_out, padding, the kernel-gradient strategy these shapes must take)
+_STRIDE1_CASES = [
+    ((2, 9, 11, 16), 3, 16, "SAME", ("tiles", 2)),       # batch 2 -> 2x2 tiles, odd sizes
+    ((1, 17, 19, 8), 3, 12, "SAME", ("tiles", 4)),       # batch 1 -> 4x4 tiles
+    ((4, 10, 10, 3), 3, 16, ((0, 2), (1, 1)), ("tiles", 2)),  # explicit, asymmetric padding
+    ((4, 12, 12, 32), 3, 4, "SAME", ("product", 1)),     # narrow output
+    ((2, 14, 16, 16), 5, 1, "VALID", ("product", 1)),    # narrow output, 5x5, VALID
+    ((8, 8, 8, 16), 3, 16, "SAME", ("xla", 1)),          # batch of whole vectors
+    ((3, 18, 17, 8), 5, 12, "VALID", ("xla", 1)),        # tiles would be too small
+]
+
+
+@pytest.mark.parametrize("shape, k, c_out, padding, strategy", _STRIDE1_CASES)
+def test_fast_kernel_grad_conv_equals_lax(shape, k, c_out, padding, strategy):
+    """Value, both gradients, forward mode and a Hessian-vector product equal lax's conv, on
+    every kernel-gradient strategy (tiles, shifted product, XLA's own)."""
+    from jax import lax
+
+    from jaxmri.nn.layers import (
+        _explicit_pads, _fast_kernel_grad_strategy, conv_fast_kernel_grad)
+
+    pads = _explicit_pads(padding, shape[1:3], (k, k), (1, 1))
+    assert _fast_kernel_grad_strategy(shape, (k, k, shape[-1], c_out), pads) == strategy
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, shape[-1], c_out))
+    w_dir = jax.random.normal(jax.random.PRNGKey(2), w.shape)
+
+    def ours(x, w):
+        return jnp.sum(jnp.sin(conv_fast_kernel_grad(x, w, pads)))
+
+    def ref(x, w):
+        y = lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jnp.sin(y))
+
+    def close(a, b):
+        scale = float(jnp.max(jnp.abs(b)))
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(scale, 1.0))
+
+    (v_ours, g_ours), (v_ref, g_ref) = (jax.value_and_grad(f, (0, 1))(x, w) for f in (ours, ref))
+    close(v_ours, v_ref)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        close(a, b)
+    x_dir = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+    close(*(jax.jvp(f, (x, w), (x_dir, w_dir))[1] for f in (ours, ref)))  # forward mode
+    hvp = [jax.grad(lambda w, f=f: jax.jvp(lambda v: f(x, v), (w,), (w_dir,))[1])(w)
+           for f in (ours, ref)]
+    close(*hvp)
+
+
+def test_fast_kernel_grad_conv_with_one_frozen_operand_and_under_vmap():
+    """Gradients for the kernel alone, the input alone, and per-example kernels under vmap."""
+    from jax import lax
+
+    from jaxmri.nn.layers import conv_fast_kernel_grad
+
+    pads = ((1, 1), (1, 1))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 10, 8))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 16))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def ref(x, w):
+        return jnp.sum(jnp.cos(lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dn)))
+
+    def ours(x, w):
+        return jnp.sum(jnp.cos(conv_fast_kernel_grad(x, w, pads)))
+
+    for argnum in (0, 1):
+        np.testing.assert_allclose(jax.grad(ours, argnum)(x, w), jax.grad(ref, argnum)(x, w),
+                                   rtol=1e-4, atol=1e-4)
+    ws = jnp.stack([w, 2.0 * w])
+    per_example = jax.vmap(jax.grad(ours, 1), in_axes=(None, 0))(x, ws)
+    np.testing.assert_allclose(per_example[1], jax.grad(ref, 1)(x, 2.0 * w), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, k, c_out, padding, strategy", _STRIDE1_CASES[:5])
+def test_kernel_tangent_conv_is_the_conv_and_its_transpose_the_kernel_gradient(
+        shape, k, c_out, padding, strategy):
+    """The linear map equals the conv; its transpose equals XLA's conv kernel gradient."""
+    from jax import lax
+
+    from jaxmri.nn.layers import _explicit_pads, kernel_tangent_conv
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    pads = _explicit_pads(padding, shape[1:3], (k, k), (1, 1))
+    x = jax.random.normal(jax.random.PRNGKey(4), shape)
+    w = jax.random.normal(jax.random.PRNGKey(5), (k, k, shape[-1], c_out))
+    y = lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dn)
+    np.testing.assert_allclose(kernel_tangent_conv(x, w, pads), y, rtol=1e-4, atol=1e-4)
+    g = jax.random.normal(jax.random.PRNGKey(6), y.shape)
+    ours = jax.linear_transpose(lambda v: kernel_tangent_conv(x, v, pads), w)(g)[0]
+    _, vjp = jax.vjp(lambda v: lax.conv_general_dilated(x, v, (1, 1), pads, dimension_numbers=dn),
+                     w)
+    np.testing.assert_allclose(ours, vjp(g)[0], rtol=1e-4, atol=1e-3)
