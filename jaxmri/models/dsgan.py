@@ -43,7 +43,7 @@ from jax import lax
 from scipy.ndimage import uniform_filter
 
 from jaxmri._checks import check_ndim, check_positive
-from jaxmri.nn.layers import conv_general_dilated
+from jaxmri.nn.layers import Conv
 from jaxmri.nn.spectral import SpectralNormConv
 from jaxmri.physics.degrade import bicubic_resize
 from jaxmri.train import AXIS_NAME, apply_mean_gradients, create_train_state, pmean_tree
@@ -125,7 +125,7 @@ class DeepLinearGenerator(nn.Module):
         n = len(self.kernel_sizes)
         for i, k in enumerate(self.kernel_sizes):
             last = i == n - 1
-            x = nn.Conv(1 if last else self.features, (k, k),
+            x = Conv(1 if last else self.features, (k, k),
                         strides=(self.scale, self.scale) if last else (1, 1),
                         padding="VALID", use_bias=False, kernel_init=self.kernel_init,
                         name=f"conv{i}")(x)
@@ -497,10 +497,10 @@ class DownsamplingNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         _check_nhwc1(x, "x")
-        h = nn.relu(nn.Conv(self.features, (3, 3), strides=(2, 2), name="down")(x))
+        h = nn.relu(Conv(self.features, (3, 3), strides=(2, 2), name="down")(x))
         for i in range(self.num_layers - 2):
-            h = nn.relu(nn.Conv(self.features, (3, 3), name=f"conv{i}")(h))
-        return nn.Conv(1, (3, 3), name="out", conv_general_dilated=conv_general_dilated)(h)
+            h = nn.relu(Conv(self.features, (3, 3), name=f"conv{i}")(h))
+        return Conv(1, (3, 3), name="out")(h)
 
 
 def make_l1_train_step(*, input_key: str, target_key: str) -> Callable:

@@ -56,7 +56,7 @@ import numpy as np
 
 from jaxmri._checks import check_complex, check_ndim, check_positive, check_real
 from jaxmri.nn.dct import dct_filters, dct_kernel_init
-from jaxmri.nn.layers import conv_general_dilated
+from jaxmri.nn.layers import Conv
 from jaxmri.nn.plf import PiecewiseLinear
 from jaxmri.physics.consistency import proximal_dc
 from jaxmri.physics.fft import fft2c, ifft2c
@@ -371,11 +371,10 @@ class DenoisingBlock(nn.Module):
         k = (self.kernel_size, self.kernel_size)
         w1_init = _kernel_init(self.filter_init, adjoint=False, scale=1.0)
         w2_init = _kernel_init(self.filter_init, adjoint=True, scale=self.w2_scale)
-        c1 = nn.Conv(self.features, k, padding="SAME", name="w1", kernel_init=w1_init)(u[..., None])
+        c1 = Conv(self.features, k, padding="SAME", name="w1", kernel_init=w1_init)(u[..., None])
         h = PiecewiseLinear(num_points=self.plf_points, threshold=self.plf_threshold,
                             per_channel=True, name="plf")(c1)
-        c2 = nn.Conv(1, k, padding="SAME", name="w2", kernel_init=w2_init,
-                     conv_general_dilated=conv_general_dilated)(h)
+        c2 = Conv(1, k, padding="SAME", name="w2", kernel_init=w2_init)(h)
         mu1 = self.param("mu1", nn.initializers.constant(self.mu1), ())
         mu2 = self.param("mu2", nn.initializers.constant(self.mu2), ())
         return mu1 * u + mu2 * x - c2[..., 0]

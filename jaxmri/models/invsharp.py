@@ -44,7 +44,7 @@ import optax
 from jaxmri.metrics import ms_ssim
 from jaxmri.nn.fixed_point import Unrolled
 from jaxmri.nn.invertible import InvertibleSequence
-from jaxmri.nn.layers import channels_to_complex, complex_to_channels, conv_general_dilated
+from jaxmri.nn.layers import Conv, channels_to_complex, complex_to_channels
 from jaxmri.physics.consistency import image_dc
 from jaxmri.train import TrainState, apply_mean_gradients
 
@@ -125,9 +125,9 @@ class Critic(nn.Module):
     def __call__(self, image: jax.Array, condition: jax.Array) -> jax.Array:
         h = jnp.concatenate([image, condition], axis=-1)
         for feat in self.features:
-            conv = nn.Conv(feat, (4, 4), strides=(2, 2), conv_general_dilated=conv_general_dilated)
+            conv = Conv(feat, (4, 4), strides=(2, 2))
             h = nn.leaky_relu(conv(h), 0.2)
-        logits = nn.Conv(1, (1, 1), conv_general_dilated=conv_general_dilated)(h)
+        logits = Conv(1, (1, 1))(h)
         return jnp.mean(logits, axis=(1, 2, 3))
 
 

@@ -50,7 +50,7 @@ from jaxmri._checks import check_complex, check_ndim, check_positive
 from jaxmri.losses import discriminator_loss, generator_loss
 from jaxmri.metrics import features as pretrained_features
 from jaxmri.nn.deq import DEQInfo, deq_fixed_point
-from jaxmri.nn.layers import channels_to_complex, complex_to_channels, conv_general_dilated
+from jaxmri.nn.layers import Conv, channels_to_complex, complex_to_channels
 from jaxmri.nn.rrdb import RRDB, RRDBSFT, scaled_kaiming_init
 from jaxmri.physics import kspace_crop, kspace_zero_pad, sense_adjoint, sense_forward
 from jaxmri.train import apply_mean_gradients
@@ -146,12 +146,11 @@ class RRDBProximal(nn.Module):
 
     @nn.compact
     def __call__(self, s: jax.Array) -> jax.Array:
-        h = nn.Conv(self.features, (3, 3), kernel_init=scaled_kaiming_init(1.0))(
+        h = Conv(self.features, (3, 3), kernel_init=scaled_kaiming_init(1.0))(
             complex_to_channels(s))
         for _ in range(self.num_blocks):
             h = RRDB(self.features, self.growth)(h)
-        out = nn.Conv(2, (3, 3), kernel_init=nn.initializers.zeros,
-                      conv_general_dilated=conv_general_dilated)(h)
+        out = Conv(2, (3, 3), kernel_init=nn.initializers.zeros)(h)
         return s + channels_to_complex(out)
 
 
@@ -226,18 +225,17 @@ class SRModule(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array | None = None) -> jax.Array:
-        feat = nn.Conv(self.features, (3, 3), name="conv_first")(x)
+        feat = Conv(self.features, (3, 3), name="conv_first")(x)
         h = feat
         for i in range(self.num_blocks):
             if cond is None:
                 h = RRDB(self.features, self.growth, name=f"block{i}")(h)
             else:
                 h = RRDBSFT(self.features, self.growth, self.sft_hidden, name=f"block{i}")(h, cond)
-        feat = feat + nn.Conv(self.features, (3, 3), name="conv_body")(h)
+        feat = feat + Conv(self.features, (3, 3), name="conv_body")(h)
         h = nearest_upsample(feat, 2)
-        h = nn.leaky_relu(nn.Conv(self.features, (3, 3), name="conv_up")(h), 0.2)
-        return nn.Conv(1, (3, 3), name="conv_last",
-                       conv_general_dilated=conv_general_dilated)(h)[..., 0]
+        h = nn.leaky_relu(Conv(self.features, (3, 3), name="conv_up")(h), 0.2)
+        return Conv(1, (3, 3), name="conv_last")(h)[..., 0]
 
 
 class JointRecSR(nn.Module):
@@ -277,7 +275,7 @@ class JointRecSR(nn.Module):
         if self.variant == "sequential":
             out["sr"] = sr(complex_to_channels(rec))
         else:
-            cond = nn.Conv(self.cond_features, (3, 3), name="rec_feature")(
+            cond = Conv(self.cond_features, (3, 3), name="rec_feature")(
                 complex_to_channels(rec))
             out["sr"] = sr(complex_to_channels(zero_filled), cond)
         return out

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
-from jaxmri.nn.layers import channels_to_complex, complex_to_channels, conv_general_dilated
+from jaxmri.nn.layers import Conv, channels_to_complex, complex_to_channels
 from jaxmri.nn.unet import UNet
 from jaxmri.physics.consistency import image_dc
 
@@ -49,8 +49,8 @@ class DCCascade(nn.Module):
         for _ in range(self.num_cascades):
             h = complex_to_channels(x)
             for _ in range(self.convs_per_cascade - 1):
-                h = nn.leaky_relu(nn.Conv(self.features, (3, 3))(h), self.negative_slope)
-            out = nn.Conv(2, (3, 3), conv_general_dilated=conv_general_dilated)(h)
+                h = nn.leaky_relu(Conv(self.features, (3, 3))(h), self.negative_slope)
+            out = Conv(2, (3, 3))(h)
             x = x + channels_to_complex(out)
             x = image_dc(x, kspace, mask, maps=maps, noise_lambda=self.noise_lambda)
         return x

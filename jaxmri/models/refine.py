@@ -60,7 +60,7 @@ from jaxmri.losses import (
     perceptual_loss,
 )
 from jaxmri.models.recon import DCCascade
-from jaxmri.nn.layers import conv_general_dilated, max_pool_2x2
+from jaxmri.nn.layers import Conv, max_pool_2x2
 from jaxmri.train.loop import AXIS_NAME, apply_mean_gradients, pmean_tree
 
 __all__ = [
@@ -90,9 +90,8 @@ def make_recnet(*, num_cascades: int = 3, convs_per_cascade: int = 3,
 
 
 def _conv(features: int, kernel: int, *, gain: float, use_bias: bool) -> nn.Conv:
-    return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=use_bias,
-                   kernel_init=nn.initializers.orthogonal(scale=gain),
-                   conv_general_dilated=conv_general_dilated)
+    return Conv(features, (kernel, kernel), padding="SAME", use_bias=use_bias,
+                   kernel_init=nn.initializers.orthogonal(scale=gain))
 
 
 class RefinementUNet(nn.Module):

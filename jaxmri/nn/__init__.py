@@ -1,7 +1,8 @@
 """Flax linen building blocks shared by the five papers (NHWC real arrays).
 
-* :mod:`~jaxmri.nn.layers`: complex images <-> real/imag channels; 2x2 pooling and stride-2
-  convolutions written for fast XLA:CPU gradients (same values as Flax / lax).
+* :mod:`~jaxmri.nn.layers`: complex images <-> real/imag channels; 2x2 pooling and ``Conv``
+  (Flax's ``Conv`` with :func:`~jaxmri.nn.layers.conv_general_dilated`), written for fast
+  XLA:CPU gradients (same parameters and values as Flax / lax).
 * :mod:`~jaxmri.nn.unet`: the U-Net used as a reconstruction, refinement and segmentation net.
 * :mod:`~jaxmri.nn.spectral`: spectral-normalised convolution (power iteration on the conv
   operator itself) and a long power iteration to measure any linear map's norm.

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 
 from jaxmri._checks import check_ndim
-from jaxmri.nn.layers import conv_general_dilated
+from jaxmri.nn.layers import Conv
 from jaxmri.nn.layers_sr import pixel_shuffle
 
 __all__ = ["EDSRResBlock", "EDSR"]
@@ -28,8 +28,8 @@ class EDSRResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.relu(nn.Conv(self.features, (3, 3), name="conv0")(x))
-        h = nn.Conv(self.features, (3, 3), name="conv1")(h)
+        h = nn.relu(Conv(self.features, (3, 3), name="conv0")(x))
+        h = Conv(self.features, (3, 3), name="conv1")(h)
         return x + self.res_scale * h
 
 
@@ -51,14 +51,13 @@ class EDSR(nn.Module):
         check_ndim(x, "x", ndim=4)
         if self.scale not in (1, 2, 3, 4):
             raise ValueError(f"scale must be 1, 2, 3 or 4, got {self.scale}")
-        head = nn.Conv(self.features, (3, 3), name="head")(x)
+        head = Conv(self.features, (3, 3), name="head")(x)
         h = head
         for i in range(self.num_blocks):
             h = EDSRResBlock(self.features, self.res_scale, name=f"block{i}")(h)
-        h = nn.Conv(self.features, (3, 3), name="body_out")(h) + head
+        h = Conv(self.features, (3, 3), name="body_out")(h) + head
         stages = (2, 2) if self.scale == 4 else ((self.scale,) if self.scale > 1 else ())
         for i, r in enumerate(stages):
-            h = nn.Conv(self.features * r * r, (3, 3), name=f"upsample{i}")(h)
+            h = Conv(self.features * r * r, (3, 3), name=f"upsample{i}")(h)
             h = pixel_shuffle(h, r)
-        return nn.Conv(self.out_channels, (3, 3), name="tail",
-                       conv_general_dilated=conv_general_dilated)(h)
+        return Conv(self.out_channels, (3, 3), name="tail")(h)

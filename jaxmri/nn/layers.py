@@ -8,7 +8,9 @@ Networks see NHWC real arrays. A complex image ``(N, H, W)`` becomes two channel
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -19,7 +21,7 @@ from jaxmri.nn.layers_sr import pixel_unshuffle
 
 __all__ = [
     "complex_to_channels", "channels_to_complex", "max_pool_2x2", "avg_pool_2x2",
-    "conv_general_dilated", "conv_fast_kernel_grad", "kernel_tangent_conv",
+    "Conv", "conv_general_dilated", "conv_fast_kernel_grad", "kernel_tangent_conv",
 ]
 
 
@@ -323,3 +325,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     ks = ks.reshape(kh // 2, kw // 2, 4 * c, -1)
     y = _conv_stride1(xs, ks, ((0, 0), (0, 0)), precision)
     return y[:, :out_h, :out_w]
+
+
+class Conv(nn.Conv):
+    """``flax.linen.Conv`` computed by :func:`conv_general_dilated` (jaxmri's fast CPU paths).
+
+    The same module in every other respect: the same attributes, parameter names and shapes
+    (and the auto-name ``Conv_i``), the same values. Every network in jaxmri builds its
+    trainable convolutions with it.
+    """
+
+    conv_general_dilated: Callable | None = conv_general_dilated

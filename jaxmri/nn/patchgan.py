@@ -26,7 +26,7 @@ from typing import Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxmri.nn.layers import conv_general_dilated
+from jaxmri.nn.layers import Conv
 
 __all__ = ["PatchGAN", "gan_normal_init"]
 
@@ -84,9 +84,8 @@ class PatchGAN(nn.Module):
         taps = []
         for i, (width, stride) in enumerate(zip(self.features, self.strides, strict=True)):
             normalised = i > 0 and self.norm != "none"
-            x = nn.Conv(width, k, strides=(stride, stride), padding="SAME",
-                        use_bias=not normalised, kernel_init=init,
-                        conv_general_dilated=conv_general_dilated)(x)
+            x = Conv(width, k, strides=(stride, stride), padding="SAME",
+                        use_bias=not normalised, kernel_init=init)(x)
             if normalised and self.norm == "batch":
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                                  scale_init=_bn_scale_init)(x)
@@ -97,6 +96,5 @@ class PatchGAN(nn.Module):
                 x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2),
                                deterministic=not train)(x)
             taps.append(x)
-        logits = nn.Conv(1, k, padding="SAME", kernel_init=init,
-                         conv_general_dilated=conv_general_dilated)(x)
+        logits = Conv(1, k, padding="SAME", kernel_init=init)(x)
         return logits, taps

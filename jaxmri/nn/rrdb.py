@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmri.nn.layers import Conv
+
 __all__ = ["scaled_kaiming_init", "ResidualDenseBlock", "RRDB", "SFTLayer", "RRDBSFT"]
 
 
@@ -63,10 +65,10 @@ class ResidualDenseBlock(nn.Module):
         init = scaled_kaiming_init(self.init_scale)
         parts = [x]
         for i in range(4):
-            h = nn.Conv(self.growth, (3, 3), kernel_init=init, name=f"conv{i + 1}")(
+            h = Conv(self.growth, (3, 3), kernel_init=init, name=f"conv{i + 1}")(
                 jnp.concatenate(parts, axis=-1))
             parts.append(nn.leaky_relu(h, 0.2))
-        out = nn.Conv(self.features, (3, 3), kernel_init=init, name="conv5")(
+        out = Conv(self.features, (3, 3), kernel_init=init, name="conv5")(
             jnp.concatenate(parts, axis=-1))
         return x + self.beta * out
 
@@ -112,8 +114,8 @@ class SFTLayer(nn.Module):
                              f"{cond.shape}")
 
         def branch(name: str) -> jax.Array:
-            h = nn.Conv(self.hidden, (1, 1), name=f"{name}_conv0")(cond)
-            return nn.Conv(self.features, (1, 1), name=f"{name}_conv1")(
+            h = Conv(self.hidden, (1, 1), name=f"{name}_conv0")(cond)
+            return Conv(self.features, (1, 1), name=f"{name}_conv1")(
                 nn.leaky_relu(h, self.negative_slope))
 
         return x * (branch("scale") + 1.0) + branch("shift")

@@ -18,7 +18,7 @@ from typing import Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxmri.nn.layers import avg_pool_2x2, conv_general_dilated
+from jaxmri.nn.layers import Conv, avg_pool_2x2
 
 __all__ = ["UNet"]
 
@@ -45,7 +45,7 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
         for _ in range(2):
-            x = nn.Conv(self.features, (self.kernel_size,) * 2, padding="SAME",
+            x = Conv(self.features, (self.kernel_size,) * 2, padding="SAME",
                         use_bias=self.norm == "none")(x)
             x = _normalise(x, self.norm, train)
             x = nn.leaky_relu(x, self.negative_slope)
@@ -94,4 +94,4 @@ class UNet(nn.Module):
             x = _normalise(x, self.norm, train)
             x = nn.leaky_relu(x, self.negative_slope)
             x = ConvBlock(feat, **block)(jnp.concatenate([x, skip], axis=-1), train=train)
-        return nn.Conv(self.out_channels, (1, 1), conv_general_dilated=conv_general_dilated)(x)
+        return Conv(self.out_channels, (1, 1))(x)

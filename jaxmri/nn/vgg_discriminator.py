@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmri.nn.layers import conv_general_dilated
+from jaxmri.nn.layers import Conv
 
 __all__ = ["VGGDiscriminator"]
 
@@ -43,9 +43,8 @@ class VGGDiscriminator(nn.Module):
             raise ValueError(f"x must be NHWC with ndim == 4, got shape {x.shape}")
         h = x
         for i, f in enumerate(self.features):
-            h = nn.leaky_relu(nn.Conv(f, (3, 3), name=f"conv{i}_0")(h), self.negative_slope)
-            h = nn.leaky_relu(nn.Conv(f, (4, 4), strides=(2, 2), name=f"conv{i}_1",
-                                      conv_general_dilated=conv_general_dilated)(h),
+            h = nn.leaky_relu(Conv(f, (3, 3), name=f"conv{i}_0")(h), self.negative_slope)
+            h = nn.leaky_relu(Conv(f, (4, 4), strides=(2, 2), name=f"conv{i}_1")(h),
                               self.negative_slope)
         h = jnp.mean(h, axis=(1, 2))
         h = nn.leaky_relu(nn.Dense(self.hidden, name="dense0")(h), self.negative_slope)

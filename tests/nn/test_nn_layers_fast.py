@@ -63,15 +63,22 @@ def test_space_to_depth_conv_equals_the_strided_conv(shape, kernel, padding):
 
 
 def test_jaxmri_conv_in_flax_keeps_parameters_and_values():
-    from jaxmri.nn.layers import conv_general_dilated
+    """jaxmri.nn.layers.Conv: Flax's Conv with the same parameter tree, values and gradients."""
+    from jaxmri.nn.layers import Conv
 
     x = jax.random.normal(jax.random.PRNGKey(4), (2, 10, 10, 3))
-    for strides, kernel in (((2, 2), (4, 4)), ((1, 1), (3, 3)), ((2, 2), (3, 3))):
-        plain = nn.Conv(5, kernel, strides=strides)
-        fast = nn.Conv(5, kernel, strides=strides, conv_general_dilated=conv_general_dilated)
+    for strides, kernel, width in (((2, 2), (4, 4), 5), ((1, 1), (3, 3), 16), ((1, 1), (3, 3), 2),
+                                   ((2, 2), (3, 3), 5)):
+        plain, fast = (cls(width, kernel, strides=strides) for cls in (nn.Conv, Conv))
         variables = plain.init(jax.random.PRNGKey(5), x)
+        assert (jax.tree.structure(fast.init(jax.random.PRNGKey(5), x))
+                == jax.tree.structure(variables))
         np.testing.assert_allclose(fast.apply(variables, x), plain.apply(variables, x),
                                    rtol=1e-5, atol=1e-5)
+        grads = [jax.grad(lambda v, m=m: jnp.sum(jnp.tanh(m.apply(v, x))))(variables)
+                 for m in (fast, plain)]
+        for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 # (x shape, kernel size, C_out, padding, the kernel-gradient strategy these shapes must take)
