@@ -191,11 +191,14 @@ def test_gan_and_l1_steps_lower_their_losses(tmp_path):
     d_state0 = jax.tree.map(np.asarray, state["discriminator"].model_state)
     batch_fn = dsgan.gan_batches(hr, lr, hr_crop=32, lr_crop=10, batch_size=2, seed=0)
     state = fit(train_step=dsgan.make_gan_train_step(g, update_every=100), state=state,
-                batch_fn=batch_fn, num_steps=30, key=jax.random.PRNGKey(1),
-                workdir=tmp_path / "gan", log_every=10, checkpoint_every=30)
-    # lambda_bicubic = 5 for the first 100 steps pulls G towards bicubic downscaling.
+                batch_fn=batch_fn, num_steps=60, key=jax.random.PRNGKey(1),
+                workdir=tmp_path / "gan", log_every=20, checkpoint_every=60)
+    # lambda_bicubic = 5 for the first 100 steps pulls G towards bicubic downscaling. The deep
+    # linear G starts near its zero saddle (gain-0.1 init), and when it leaves it depends on
+    # float rounding: measured, the error was still 0.53 after 30 steps in one summation order
+    # and 0.31 in another; after 60 steps 0.15-0.18 in all three orders tried.
     assert bicubic_error(state) < 0.6 * before
-    assert int(state["generator"].step) == 30 and int(state["schedule"]["similar"]) == 1
+    assert int(state["generator"].step) == 60 and int(state["schedule"]["similar"]) == 1
     # D's power-iteration vectors and BatchNorm running statistics were updated by the steps.
     d_state = state["discriminator"].model_state
     assert not np.allclose(d_state["spectral"]["conv7"]["u"], d_state0["spectral"]["conv7"]["u"])

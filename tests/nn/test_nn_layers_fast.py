@@ -174,3 +174,43 @@ def test_kernel_tangent_conv_is_the_conv_and_its_transpose_the_kernel_gradient(
     _, vjp = jax.vjp(lambda v: lax.conv_general_dilated(x, v, (1, 1), pads, dimension_numbers=dn),
                      w)
     np.testing.assert_allclose(ours, vjp(g)[0], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape, k, c_out, padding, plan", [
+    ((8, 12, 12, 2), 3, 32, "SAME", "im2col"),                    # narrow input
+    ((2, 9, 11, 1), 5, 8, "VALID", "im2col"),
+    ((3, 7, 7, 4), 1, 16, "SAME", "im2col"),                      # 1x1 kernel
+    ((4, 12, 12, 32), 3, 2, "SAME", "shifted_product"),           # narrow output
+    ((2, 9, 11, 8), 5, 1, ((2, 0), (1, 3)), "shifted_product"),   # asymmetric padding
+    ((4, 10, 10, 16), 3, 16, "SAME", "fast_kernel_grad"),
+    ((8, 8, 8, 16), 3, 16, "SAME", "xla"),
+])
+def test_conv_general_dilated_plans_equal_lax(shape, k, c_out, padding, plan):
+    """Every stride-1 plan of jaxmri's conv: value, both gradients and forward mode equal lax."""
+    from jax import lax
+
+    from jaxmri.nn.layers import _explicit_pads, conv_general_dilated, conv_plan
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    assert conv_plan(shape, (k, k, shape[-1], c_out),
+                     _explicit_pads(padding, shape[1:3], (k, k), (1, 1))) == plan
+    x = jax.random.normal(jax.random.PRNGKey(7), shape)
+    w = jax.random.normal(jax.random.PRNGKey(8), (k, k, shape[-1], c_out))
+
+    def loss(conv, x, w):
+        return jnp.sum(jnp.sin(conv(x, w, (1, 1), padding, dimension_numbers=dn)))
+
+    (v_ours, g_ours), (v_ref, g_ref) = (jax.value_and_grad(loss, (1, 2))(conv, x, w)
+                                        for conv in (conv_general_dilated,
+                                                     lax.conv_general_dilated))
+    y = lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)
+    np.testing.assert_allclose(conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn),
+                               y, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(y))))
+    np.testing.assert_allclose(v_ours, v_ref, rtol=1e-4, atol=1e-3)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    directions = (jax.random.normal(jax.random.PRNGKey(9), x.shape),
+                  jax.random.normal(jax.random.PRNGKey(10), w.shape))
+    t_ours, t_ref = (jax.jvp(lambda x, w, c=conv: loss(c, x, w), (x, w), directions)[1]
+                     for conv in (conv_general_dilated, lax.conv_general_dilated))
+    np.testing.assert_allclose(t_ours, t_ref, rtol=1e-4, atol=1e-3)
