@@ -9,8 +9,9 @@ cpu presets use: ``y = tanh(conv3x3(x, w))`` summed, with the gradients for ``x`
 NHWC / HWIO, the layout Flax uses, with jaxmri's XLA:CPU setting from :mod:`jaxmri.xla_defaults`;
 ``JAXMRI_XLA_DEFAULTS=0`` times jaxlib's own YNNPACK convolutions instead) and eager in PyTorch
 (NCHW / OIHW), alternating, float32.
-It also times the same convolution written as an im2col matrix product in JAX, to separate the
-convolution kernel from the arithmetic (XLA's CPU matmul is as fast as PyTorch's: see the
+It also times jaxmri's own convolution (:func:`jaxmri.nn.layers.conv_general_dilated`, which the
+networks use) and the same convolution written as an im2col matrix product in JAX, to separate
+the convolution kernel from the arithmetic (XLA's CPU matmul is as fast as PyTorch's: see the
 matmul row). Writes ``<out>/conv_layers.{md,json,png}``.
 """
 
@@ -39,6 +40,8 @@ SHAPES = (
     (4, 64, 64, 64, "VGG16 block 1 of the perceptual loss (64 px)"),
     (4, 16, 256, 256, "VGG16 block 3 (16 px, 256 ch)"),
     (8, 48, 32, 32, "RecNet cascade (48 px)"),
+    (8, 48, 2, 32, "RecNet cascade input (2 -> 32 ch)"),
+    (8, 48, 32, 2, "RecNet cascade output (32 -> 2 ch)"),
 )
 
 
@@ -46,6 +49,14 @@ def conv_xla(x: jax.Array, w: jax.Array) -> jax.Array:
     """``(N, H, W, Ci) x (3, 3, Ci, Co) -> (N, H, W, Co)``, zero 'SAME' padding."""
     return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_jaxmri(x: jax.Array, w: jax.Array) -> jax.Array:
+    """The same convolution through :func:`jaxmri.nn.layers.conv_general_dilated` (what every
+    jaxmri network uses: matrix products for narrow layers, a faster kernel gradient)."""
+    from jaxmri.nn.layers import conv_general_dilated
+
+    return conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def conv_im2col(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -65,7 +76,8 @@ def layer_fns(batch: int, side: int, c_in: int, c_out: int, *, with_torch: bool)
     w_np = (rng.standard_normal((3, 3, c_in, c_out)) / np.sqrt(9 * c_in)).astype(np.float32)
     x, w = jnp.asarray(x_np), jnp.asarray(w_np)
     fns, values = {}, {}
-    for name, conv in (("XLA conv", conv_xla), ("JAX im2col", conv_im2col)):
+    for name, conv in (("XLA conv", conv_xla), ("jaxmri conv", conv_jaxmri),
+                       ("JAX im2col", conv_im2col)):
         grad = jax.jit(jax.value_and_grad(lambda a, b, c=conv: jnp.sum(jnp.tanh(c(a, b))),
                                           argnums=(0, 1)))
         values[name] = float(grad(x, w)[0])
@@ -109,6 +121,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row[f"{name} GFLOP/s"] = gflop / median(values)
         if with_torch:
             row["XLA/PyTorch"] = median(times["XLA conv"]) / median(times["PyTorch"])
+            row["jaxmri/PyTorch"] = median(times["jaxmri conv"]) / median(times["PyTorch"])
         rows.append(row)
     jax_mm = matmul_gflops()
     torch_mm = torch_matmul_gflops() if with_torch else None
