@@ -356,6 +356,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
             and all(d == 1 for d in (lhs_dilation or (1, 1)))
             and all(d == 1 for d in (rhs_dilation or (1, 1)))
             and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape))
+    if nhwc and lhs.shape[3] != rhs.shape[2]:
+        # Checked here because the matrix-product plans would fail with a less clear message.
+        raise ValueError(f"conv input has {lhs.shape[3]} channels (NHWC {lhs.shape}) but the "
+                         f"kernel expects {rhs.shape[2]} (HWIO {rhs.shape})")
     if nhwc and strides == (1, 1):
         return _conv_stride1(lhs, rhs, _explicit_pads(padding, lhs.shape[1:3], (kh, kw), strides),
                              precision)

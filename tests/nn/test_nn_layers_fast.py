@@ -214,3 +214,11 @@ def test_conv_general_dilated_plans_equal_lax(shape, k, c_out, padding, plan):
     t_ours, t_ref = (jax.jvp(lambda x, w, c=conv: loss(c, x, w), (x, w), directions)[1]
                      for conv in (conv_general_dilated, lax.conv_general_dilated))
     np.testing.assert_allclose(t_ours, t_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_conv_general_dilated_names_a_channel_mismatch():
+    from jaxmri.nn.layers import conv_general_dilated
+
+    with pytest.raises(ValueError, match="3 channels.*kernel expects 2"):
+        conv_general_dilated(jnp.zeros((1, 8, 8, 3)), jnp.zeros((3, 3, 2, 32)), (1, 1), "SAME",
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
