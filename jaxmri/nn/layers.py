@@ -136,6 +136,14 @@ def _tiles_per_side(batch: int, out_hw: tuple[int, int]) -> int:
     return 1
 
 
+def _pad_hw(x, pads):
+    """Zero-pad the two spatial dimensions of NHWC ``x`` by ``((top, bottom), (left, right))``
+    (negative entries crop, as in ``lax.pad``)."""
+    (top, bottom), (left, right) = pads
+    return lax.pad(x, jnp.zeros((), x.dtype),
+                   ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+
+
 def _shifted_product_conv(x_pad, kernel_dot, out_hw, precision):
     """``conv(x_pad, kernel_dot)`` ('VALID') as one matrix product and shifted sums (used both
     as a narrow-output convolution and as the kernel direction of :func:`conv_fast_kernel_grad`).
@@ -189,7 +197,7 @@ def _tiled_conv(x_pad, kernel_dot, out_hw, tiles, precision):
     out_h, out_w = out_hw
     th, tw = -(-out_h // tiles), -(-out_w // tiles)
     # Extra zero rows/columns so the tiles cover a whole multiple (the outputs there are cut).
-    x_pad = jnp.pad(x_pad, ((0, 0), (0, th * tiles - out_h), (0, tw * tiles - out_w), (0, 0)))
+    x_pad = _pad_hw(x_pad, ((0, th * tiles - out_h), (0, tw * tiles - out_w)))
     x_tiles = jnp.stack([x_pad[:, a * th:a * th + th + kh - 1, b * tw:b * tw + tw + kw - 1]
                          for a in range(tiles) for b in range(tiles)], axis=1)
     x_tiles = x_tiles.reshape(n * tiles * tiles, th + kh - 1, tw + kw - 1, c_in)
@@ -220,9 +228,7 @@ def kernel_tangent_conv(x, kernel_dot, pads, precision=None):
     :func:`_shifted_product_conv` for narrow outputs, by :func:`_tiled_conv` for a batch that
     is not a multiple of 8, else by XLA's own convolution."""
     kh, kw = kernel_dot.shape[:2]
-    (top, bottom), (left, right) = pads
-    x_pad = lax.pad(x, jnp.zeros((), x.dtype),
-                    ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+    x_pad = _pad_hw(x, pads)
     out_hw = (x_pad.shape[1] - kh + 1, x_pad.shape[2] - kw + 1)
     strategy, tiles = _fast_kernel_grad_strategy(x.shape, kernel_dot.shape, pads)
     if strategy == "product":
@@ -318,9 +324,7 @@ def _conv_stride1(lhs, rhs, pads, precision):
     if plan == "fast_kernel_grad":
         return conv_fast_kernel_grad(lhs, rhs, pads, precision)
     if plan in ("im2col", "shifted_product"):
-        (top, bottom), (left, right) = pads
-        x_pad = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-                        ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+        x_pad = _pad_hw(lhs, pads)
         out_hw = (x_pad.shape[1] - rhs.shape[0] + 1, x_pad.shape[2] - rhs.shape[1] + 1)
         conv = _im2col_conv if plan == "im2col" else _shifted_product_conv
         return conv(x_pad, rhs, out_hw, precision)
@@ -374,7 +378,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     # Pad to an even size (the extra row/column is never read by a kept output).
     bottom += (h + top + bottom) % 2
     right += (w + left + right) % 2
-    x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    x = _pad_hw(lhs, ((top, bottom), (left, right)))
     # pixel_unshuffle: x[n, 2a + p, 2b + q, c] -> xs[n, a, b, (c, p, q)]; the kernel tap
     # [2i + p, 2j + q, c, o] goes to ks[i, j, (c, p, q), o] to match.
     xs = pixel_unshuffle(x, 2)

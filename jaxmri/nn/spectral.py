@@ -287,8 +287,8 @@ class SpectralNormConv(nn.Module):
         kernel = kernel / jnp.maximum(1.0, sigma / self.coeff)
 
         dtype = jnp.result_type(x, kernel)
-        # jaxmri's conv (same values): its kernel gradient is faster on the CPU for narrow
-        # outputs, such as the 4-channel last layer of each InvSharpNet residual branch.
+        # jaxmri's conv (same values), with its faster CPU gradients (jaxmri.nn.layers.conv_plan):
+        # InvSharpNet's 4-channel first and last branch layers, batches of 1-4.
         y = conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (1, 1), self.padding,
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
