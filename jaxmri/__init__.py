@@ -23,7 +23,8 @@ Sub-packages: :mod:`jaxmri.physics` (forward models), :mod:`jaxmri.metrics` (ima
 __version__ = "0.1.0"
 
 # Must run before any JAX computation starts the backend: see jaxmri/xla_defaults.py (faster
-# multi-threaded CPU convolutions; opt out with JAXMRI_XLA_DEFAULTS=0).
+# multi-threaded CPU convolutions, and a step's temporaries reused instead of page-faulted in
+# again on every call; opt out with JAXMRI_XLA_DEFAULTS=0).
 from jaxmri import xla_defaults  # noqa: E402
 
 xla_defaults.apply()

@@ -1,34 +1,71 @@
 """XLA:CPU settings jaxmri applies when it is imported, and how to opt out.
 
-Why: jaxlib 0.10 hands every convolution on the CPU to YNNPACK (``__ynn_fusion``), which runs a
-convolution on one thread. XLA's own convolution (Eigen) uses every core. On the 2-core CPU
-machine the benchmarks run on (``python -m benchmarks.conv_layers``), turning YNNPACK off for
-convolutions makes a 3x3 conv forward 1.5-1.7x and its weight gradient 2.2-2.6x faster at
-32-64 channels, and it was the largest part of taking the conv-heavy training steps from
-1.12-1.50x PyTorch's step time to 0.9-1.25x (``python -m benchmarks.step_time``; the README's
-Performance section has the table). Matrix products keep YNNPACK (the XLA default for dots).
+Two settings, both measured on the 2-core CPU machine of the README's Performance section.
+
+**1. Convolutions on XLA's Eigen kernels.** jaxlib 0.10 hands every convolution on the CPU to
+YNNPACK (``__ynn_fusion``), which runs a convolution on one thread. XLA's own convolution
+(Eigen) uses every core. Turning YNNPACK off for convolutions makes a 3x3 conv forward 1.5-1.7x
+and its weight gradient 2.2-2.6x faster at 32-64 channels (``python -m benchmarks.conv_layers``),
+and it was the largest part of taking the conv-heavy training steps from 1.12-1.50x PyTorch's
+step time to 0.9-1.25x (``python -m benchmarks.step_time``). Matrix products keep YNNPACK (the
+XLA default for dots).
 
 How: XLA reads ``XLA_FLAGS`` once, when the first JAX computation starts its backend, so the
 flag is added to the environment at import time, before any array exists. It is added only
 when all of these hold, so a user's choice always wins and an unknown flag can never abort XLA:
 
 * ``JAXMRI_XLA_DEFAULTS`` is not ``0``;
-* ``XLA_FLAGS`` does not already set ``--xla_cpu_experimental_ynn_fusion_type``;
+* ``XLA_FLAGS`` does not already set that flag (``--xla_cpu_experimental_ynn_fusion_type``);
 * the installed jaxlib is a version on which the flag was verified (:data:`VERIFIED_JAXLIB`);
 * the JAX backend has not started yet (otherwise the flag could no longer take effect; a
   warning says so).
+
+**2. Reusing the memory of a step's temporaries.** Every call of a compiled XLA:CPU program
+allocates its temporary buffers (for a training step: the activations kept for the backward
+pass) and frees them when it returns. glibc's ``malloc`` serves a block over 32 MiB, and any
+block a worker thread's arena cannot hold (64 MiB), with a fresh ``mmap``, and returns it with
+``munmap``; the kernel then zero-fills every page again on first touch, on every step. The
+InvSharpNet backward step (one 132 MB temporary) took 33,000 page faults per step, RecNet at
+batch 8 9,000 (a third of its step time), while PyTorch, which allocates tensor by tensor, takes
+none. So jaxmri
+
+* caps each XLA temporary heap at 32 MiB (:data:`TEMP_HEAP_FLAG`, added to ``XLA_FLAGS`` under
+  the same rules as the convolution flag), and
+* asks glibc (Linux only, through ``mallopt``) to keep freed memory for reuse: no ``mmap`` for
+  ``malloc``, no trimming, and a 128 MiB pad, which keeps a worker arena's extra heaps alive
+  when they empty (:func:`malloc_options_to_set`). It is skipped when the user configured
+  glibc's allocator (``MALLOC_*`` variables or ``glibc.malloc`` tunables).
+
+The cost: the process keeps its peak heap instead of giving freed memory back to the system
+(the next step reuses it). After the warm-up steps the training steps take no page faults.
+
+``JAXMRI_XLA_DEFAULTS=0`` turns off both settings.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
+import sys
 import warnings
 from collections.abc import MutableMapping
 
 #: Keep YNNPACK for individual dot products only (XLA's own default for dots), so convolutions
 #: go to XLA's multi-threaded Eigen kernels.
 CPU_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
-_FLAG_NAME = CPU_CONV_FLAG.split("=", 1)[0]
+#: At most 32 MiB per XLA temporary heap, so that glibc keeps each one in reusable memory.
+TEMP_HEAP_FLAG = "--xla_multiheap_size_constraint_per_heap=33554432"
+_FLAGS = (CPU_CONV_FLAG, TEMP_HEAP_FLAG)
+
+#: ``mallopt`` parameters (glibc ``malloc.h``) and the values jaxmri sets.
+#: M_MMAP_MAX = 0: no malloc block is served by mmap (a worker arena still mmaps a block larger
+#: than its 64 MiB heap, hence the 32 MiB cap above). M_TRIM_THRESHOLD = 2**31 - 1: never hand
+#: freed memory at the top of the heap back. M_TOP_PAD = 128 MiB: glibc deletes an emptied
+#: extra heap of a worker arena unless less than M_TOP_PAD would be freed by it, and an extra
+#: heap is at most 64 MiB, so no heap is deleted (and the main heap grows 128 MiB at a time).
+MALLOC_OPTIONS = {"M_MMAP_MAX": (-4, 0), "M_TRIM_THRESHOLD": (-1, 2**31 - 1),
+                  "M_TOP_PAD": (-2, 128 * 2**20)}
 
 #: ``(major, minor)`` jaxlib releases on which the flag exists and was measured to help.
 VERIFIED_JAXLIB = ((0, 10),)
@@ -68,32 +105,71 @@ def cpu_flags_to_add(environ: MutableMapping[str, str], jaxlib_minor: tuple[int,
       jaxlib_minor: ``(major, minor)`` of the installed jaxlib, ``None`` if unknown.
 
     Returns:
-      ``[CPU_CONV_FLAG]`` or ``[]`` (opted out, flag already set, or unverified jaxlib).
+      Those of :data:`CPU_CONV_FLAG` and :data:`TEMP_HEAP_FLAG` that ``XLA_FLAGS`` does not set
+      already; ``[]`` when opted out or on an unverified jaxlib.
     """
-    if environ.get(OPT_OUT_VARIABLE, "1").strip() == "0":
+    if _opted_out(environ) or jaxlib_minor not in VERIFIED_JAXLIB:
         return []
-    if _FLAG_NAME in environ.get("XLA_FLAGS", ""):
+    current = environ.get("XLA_FLAGS", "")
+    return [flag for flag in _FLAGS if flag.split("=", 1)[0] not in current]
+
+
+def _opted_out(environ: MutableMapping[str, str]) -> bool:
+    return environ.get(OPT_OUT_VARIABLE, "1").strip() == "0"
+
+
+def malloc_options_to_set(environ: MutableMapping[str, str], libc: str, system: str
+                          ) -> dict[str, tuple[int, int]]:
+    """The ``mallopt`` calls :func:`apply` makes (pure): ``{name: (parameter, value)}``.
+
+    Args:
+      environ: the process environment (or a dict standing in for it).
+      libc: ``platform.libc_ver()[0]`` (``"glibc"`` on most Linux systems).
+      system: ``sys.platform``.
+
+    Returns:
+      :data:`MALLOC_OPTIONS`, or ``{}`` when opted out, not on Linux with glibc, or when the
+      user configured glibc's allocator (a ``MALLOC_*`` variable or ``glibc.malloc`` tunable).
+    """
+    if _opted_out(environ) or not system.startswith("linux") or libc != "glibc":
+        return {}
+    if any(k.startswith("MALLOC_") for k in environ):
+        return {}
+    if "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
+        return {}
+    return dict(MALLOC_OPTIONS)
+
+
+def _set_malloc_options(options: dict[str, tuple[int, int]]) -> list[str]:
+    """Call glibc's ``mallopt`` for each option; returns the names it accepted."""
+    if not options:
         return []
-    if jaxlib_minor not in VERIFIED_JAXLIB:
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
         return []
-    return [CPU_CONV_FLAG]
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return [name for name, (param, value) in options.items() if mallopt(param, value) == 1]
 
 
 def apply(environ: MutableMapping[str, str] | None = None) -> list[str]:
-    """Append jaxmri's XLA:CPU defaults to ``XLA_FLAGS``; returns the flags it added.
+    """Apply jaxmri's XLA:CPU defaults; returns the ``XLA_FLAGS`` entries it added.
 
-    Called once by ``import jaxmri``. Other flags in ``XLA_FLAGS`` (for example
-    ``--xla_force_host_platform_device_count``) are kept.
+    Called once by ``import jaxmri``. Sets the glibc ``malloc`` options (they act at once, also
+    after the backend started) and appends the flags to ``XLA_FLAGS``. Other flags in
+    ``XLA_FLAGS`` (for example ``--xla_force_host_platform_device_count``) are kept.
     """
     environ = os.environ if environ is None else environ
+    _set_malloc_options(malloc_options_to_set(environ, platform.libc_ver()[0], sys.platform))
     flags = cpu_flags_to_add(environ, _jaxlib_minor())
     if not flags:
         return []
     if _backend_started():
         warnings.warn(
-            "jaxmri was imported after JAX started its backend, so its faster CPU convolution "
-            f"setting could not be applied. Import jaxmri first, or set XLA_FLAGS={CPU_CONV_FLAG} "
-            f"yourself ({OPT_OUT_VARIABLE}=0 silences this).", RuntimeWarning, stacklevel=3)
+            "jaxmri was imported after JAX started its backend, so its XLA:CPU flags (faster "
+            "convolutions, reusable temporaries) could not be applied. Import jaxmri first, or "
+            f"set XLA_FLAGS='{' '.join(flags)}' yourself ({OPT_OUT_VARIABLE}=0 silences this).",
+            RuntimeWarning, stacklevel=3)
         return []
     environ["XLA_FLAGS"] = " ".join(filter(None, [environ.get("XLA_FLAGS", "").strip(), *flags]))
     return flags
