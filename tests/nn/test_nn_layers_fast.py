@@ -176,6 +176,38 @@ def test_kernel_tangent_conv_is_the_conv_and_its_transpose_the_kernel_gradient(
     np.testing.assert_allclose(ours, vjp(g)[0], rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("batch", [1, 4, 8])  # 4 x 4 tiles, 2 x 2 tiles, no tiles
+def test_kernel_gradient_inside_a_while_loop_is_a_canonical_convolution(batch):
+    """The fixed-point inverse evaluates kernel correlations inside a while loop, where XLA:CPU
+    leaves a non-canonical convolution as a naive loop (30x slower). The transpose of
+    kernel_tangent_conv must be canonical (NHWC / HWIO / NHWC) there, and equal the gradient."""
+    import re
+
+    from jax import lax
+
+    from jaxmri.nn.layers import kernel_tangent_conv
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    pads = ((1, 1), (1, 1))
+    x = jax.random.normal(jax.random.PRNGKey(7), (batch, 16, 16, 12))
+    g = jax.random.normal(jax.random.PRNGKey(8), (batch, 16, 16, 12))
+    zero = jnp.zeros((3, 3, 12, 12))
+
+    def correlation(scale):
+        return jax.linear_transpose(lambda v: kernel_tangent_conv(x * scale, v, pads), zero)(g)[0]
+
+    def in_loop(scale):  # two iterations, so XLA cannot replace the loop by its body
+        return lax.fori_loop(0, 2, lambda i, acc: acc + correlation(scale + i), zero)
+
+    hlo = jax.jit(in_loop).lower(jnp.float32(1.0)).compile().as_text()
+    labels = re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo)
+    assert labels and set(labels) == {"b01f_01io->b01f"}, labels
+    _, vjp = jax.vjp(lambda v: lax.conv_general_dilated(x, v, (1, 1), pads, dimension_numbers=dn),
+                     zero)
+    np.testing.assert_allclose(jax.jit(in_loop)(jnp.float32(1.0)), 3.0 * vjp(g)[0],
+                               rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("shape, k, c_out, padding, plan", [
     ((8, 12, 12, 2), 3, 32, "SAME", "im2col"),                    # narrow input
     ((2, 9, 11, 1), 5, 8, "VALID", "im2col"),
