@@ -320,13 +320,19 @@ _NARROW = 4
 def conv_plan(x_shape, kernel_shape, pads) -> str:
     """How :func:`conv_general_dilated` computes a stride-1 NHWC conv on the CPU backend.
 
-    ``"im2col"`` (at most 4 input channels, fewer than output): :func:`_im2col_conv`;
+    ``"im2col"`` (at most 4 input channels, fewer than output, or a kernel at least as large
+    as the image): :func:`_im2col_conv`;
     ``"shifted_product"`` (at most 4 output channels, fewer than input):
     :func:`_shifted_product_conv`; ``"fast_kernel_grad"``: :func:`conv_fast_kernel_grad`
     (XLA's convolution, kernel gradient by :func:`kernel_tangent_conv`); ``"xla"``: XLA's
     convolution and its own gradients.
     """
     c_in, c_out = kernel_shape[2], kernel_shape[3]
+    if kernel_shape[0] >= x_shape[1] or kernel_shape[1] >= x_shape[2]:
+        # A kernel at least as large as the image: XLA swaps the two operands and its CPU
+        # backend then runs the convolution as a naive loop (PatchGAN's 4x4 256 -> 256 layer at
+        # 2 and 3 px, forward + both gradients: 13 and 48 ms; as im2col products 3.0 and 3.7).
+        return "im2col"
     if c_in <= _NARROW and c_in < c_out:
         return "im2col"
     if c_out <= _NARROW and c_out < c_in:

@@ -212,6 +212,8 @@ def test_kernel_gradient_inside_a_while_loop_is_a_canonical_convolution(batch):
     ((8, 12, 12, 2), 3, 32, "SAME", "im2col"),                    # narrow input
     ((2, 9, 11, 1), 5, 8, "VALID", "im2col"),
     ((3, 7, 7, 4), 1, 16, "SAME", "im2col"),                      # 1x1 kernel
+    ((4, 2, 2, 16), 4, 16, "SAME", "im2col"),                     # kernel larger than the image
+    ((2, 3, 5, 8), 3, 8, ((1, 2), (0, 1)), "im2col"),             # as tall as the image
     ((4, 12, 12, 32), 3, 2, "SAME", "shifted_product"),           # narrow output
     ((2, 9, 11, 8), 5, 1, ((2, 0), (1, 3)), "shifted_product"),   # asymmetric padding
     ((4, 10, 10, 16), 3, 16, "SAME", "fast_kernel_grad"),
