@@ -26,8 +26,7 @@ pass) and frees them when it returns. glibc's ``malloc`` serves a block over 32 
 block a worker thread's arena cannot hold (64 MiB), with a fresh ``mmap``, and returns it with
 ``munmap``; the kernel then zero-fills every page again on first touch, on every step. The
 InvSharpNet backward step (one 132 MB temporary) took 33,000 page faults per step, RecNet at
-batch 8 9,000 (a third of its step time), while PyTorch, which allocates tensor by tensor, takes
-none. So jaxmri
+batch 8 9,000 (a third of its step time). So jaxmri
 
 * caps each XLA temporary heap at 32 MiB (:data:`TEMP_HEAP_FLAG`, added to ``XLA_FLAGS`` under
   the same rules as the convolution flag), and
@@ -36,8 +35,9 @@ none. So jaxmri
   when they empty (:func:`malloc_options_to_set`). It is skipped when the user configured
   glibc's allocator (``MALLOC_*`` variables or ``glibc.malloc`` tunables).
 
-The cost: the process keeps its peak heap instead of giving freed memory back to the system
-(the next step reuses it). After the warm-up steps the training steps take no page faults.
+The cost: the process keeps its peak heap (one per thread that has run steps) instead of giving
+freed memory back to the system (the next step reuses it). After the warm-up steps the training
+steps take no page faults.
 
 ``JAXMRI_XLA_DEFAULTS=0`` turns off both settings.
 """
