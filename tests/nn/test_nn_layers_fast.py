@@ -256,3 +256,132 @@ def test_conv_general_dilated_names_a_channel_mismatch():
     with pytest.raises(ValueError, match="3 channels.*kernel expects 2"):
         conv_general_dilated(jnp.zeros((1, 8, 8, 3)), jnp.zeros((3, 3, 2, 32)), (1, 1), "SAME",
                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("shape, k, padding", [
+    ((2, 9, 11, 5), (3, 3), ((1, 1), (1, 1))),       # SAME
+    ((1, 8, 7, 3), (3, 2), ((1, 1), (0, 1))),        # SAME with an even kernel width
+    ((3, 10, 12, 4), (5, 3), ((0, 0), (0, 0))),      # VALID
+    ((2, 6, 6, 2), (3, 3), ((2, 0), (0, 1))),        # asymmetric
+])
+def test_conv_transpose_stride1_is_the_adjoint_of_the_conv(shape, k, padding):
+    """<conv(x, w), y> = <x, conv_transpose_stride1(y, w)>, and it equals JAX's own transpose."""
+    from jax import lax
+
+    from jaxmri.nn.layers import conv_transpose_stride1
+
+    c_out = 6
+    kx, kw, ky = jax.random.split(jax.random.PRNGKey(11), 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, k + (shape[3], c_out))
+
+    def conv(v):
+        return lax.conv_general_dilated(v, w, (1, 1), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    y = jax.random.normal(ky, conv(x).shape)
+    adjoint = conv_transpose_stride1(y, w, padding)
+    assert adjoint.shape == x.shape
+    lhs = np.vdot(np.asarray(conv(x), np.float64), np.asarray(y, np.float64))
+    rhs = np.vdot(np.asarray(x, np.float64), np.asarray(adjoint, np.float64))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-5)
+    np.testing.assert_allclose(adjoint, jax.linear_transpose(conv, x)(y)[0], rtol=1e-5, atol=1e-4)
+
+
+def test_conv_transpose_stride1_inside_a_while_loop_is_a_canonical_convolution():
+    """JAX's transpose of a convolution (kernel HWOI) stays a naive loop when traced in a loop
+    body on XLA:CPU; conv_transpose_stride1 (the power iteration's adjoint) must be canonical."""
+    import re
+
+    from jax import lax
+
+    from jaxmri.nn.layers import conv_transpose_stride1
+
+    w = jax.random.normal(jax.random.PRNGKey(12), (3, 3, 8, 16))
+    y0 = jax.random.normal(jax.random.PRNGKey(13), (1, 12, 12, 16))
+    pads = ((1, 1), (1, 1))
+
+    def in_loop(y):  # two iterations, so XLA cannot replace the loop by its body
+        return lax.fori_loop(0, 2, lambda i, acc: acc + conv_transpose_stride1(y * (i + 1), w,
+                                                                                pads),
+                             jnp.zeros((1, 12, 12, 8)))
+
+    hlo = jax.jit(in_loop).lower(y0).compile().as_text()
+    labels = re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo)
+    assert labels and set(labels) == {"b01f_01io->b01f"}, labels
+    np.testing.assert_allclose(jax.jit(in_loop)(y0), 3.0 * conv_transpose_stride1(y0, w, pads),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_conv_transpose_stride1_rejects_pads_beyond_the_kernel():
+    from jaxmri.nn.layers import conv_transpose_stride1
+
+    with pytest.raises(ValueError, match="pads"):
+        conv_transpose_stride1(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)),
+                               ((3, 0), (1, 1)))
+
+
+def test_add_bias_gradient_is_a_matrix_product_with_the_same_values():
+    """add_bias: y + b with the bias gradient as ones @ g (no reduce-window in the compiled
+    gradient), equal to the plain sum in reverse and forward mode."""
+    from jaxmri.nn.layers import add_bias
+
+    y = jax.random.normal(jax.random.PRNGKey(14), (3, 10, 9, 7))
+    b = jax.random.normal(jax.random.PRNGKey(15), (7,))
+    weights = jax.random.normal(jax.random.PRNGKey(16), y.shape)
+
+    def loss(fn):
+        return lambda y, b: jnp.sum(weights * jnp.sin(fn(y, b)))
+
+    ours, plain = loss(add_bias), loss(lambda y, b: y + b)
+    np.testing.assert_allclose(add_bias(y, b), y + b, rtol=1e-6)
+    for a, r in zip(jax.grad(ours, (0, 1))(y, b), jax.grad(plain, (0, 1))(y, b), strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
+    dy, db = jnp.ones_like(y), jnp.arange(7.0)
+    np.testing.assert_allclose(jax.jvp(add_bias, (y, b), (dy, db))[1], dy + db, rtol=1e-6)
+    hlo = jax.jit(jax.grad(ours, 1)).lower(y, b).compile().as_text()
+    assert "reduce-window" not in hlo
+
+
+def test_jaxmri_conv_forward_mode_equals_flax():
+    """jaxmri's Conv (its own bias add) in forward mode and under vmap: Flax's values."""
+    from jaxmri.nn.layers import Conv
+
+    x = jax.random.normal(jax.random.PRNGKey(17), (2, 9, 9, 3))
+    plain, fast = nn.Conv(5, (3, 3)), Conv(5, (3, 3))
+    variables = plain.init(jax.random.PRNGKey(18), x)
+    tangent = jax.tree.map(jnp.ones_like, variables)
+    for a, b in zip(jax.jvp(lambda v: fast.apply(v, x), (variables,), (tangent,)),
+                    jax.jvp(lambda v: plain.apply(v, x), (variables,), (tangent,)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    batched = jax.vmap(lambda xi: fast.apply(variables, xi[None])[0])(x)
+    np.testing.assert_allclose(batched, plain.apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
+def test_input_gradient_inside_a_while_loop_is_a_canonical_convolution():
+    """An implicit adjoint solve applies a layer's input VJP inside a while loop, where XLA:CPU
+    runs JAX's own transposed convolution as a naive loop (35x slower): conv_fast_kernel_grad's
+    input direction must transpose to a canonical convolution there, with lax's values."""
+    import re
+
+    from jax import lax
+
+    from jaxmri.nn.layers import conv_fast_kernel_grad
+
+    pads = ((1, 1), (1, 1))
+    x = jax.random.normal(jax.random.PRNGKey(19), (4, 12, 12, 16))
+    w = 0.1 * jax.random.normal(jax.random.PRNGKey(20), (3, 3, 16, 16))
+    _, vjp = jax.vjp(lambda z: conv_fast_kernel_grad(z, w, pads), x)
+    _, vjp_ref = jax.vjp(lambda z: lax.conv_general_dilated(
+        z, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
+
+    def in_loop(u0):  # u <- u0 + J^T u, as the adjoint fixed point iterates
+        return lax.fori_loop(0, 3, lambda i, u: u0 + vjp(u)[0], u0)
+
+    hlo = jax.jit(in_loop).lower(x).compile().as_text()
+    labels = re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo)
+    assert labels and set(labels) == {"b01f_01io->b01f"}, labels
+    expected = x
+    for _ in range(3):
+        expected = x + vjp_ref(expected)[0]
+    np.testing.assert_allclose(jax.jit(in_loop)(x), expected, rtol=1e-4, atol=1e-4)

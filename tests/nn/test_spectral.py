@@ -249,3 +249,36 @@ def test_kernel_correlation_is_the_adjoint_of_conv_in_its_kernel(padding, ksize)
     for got, want in zip(ours(kernel, u, v), jax.grad(conv_form, argnums=(0, 1, 2))(kernel, u, v),
                          strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_long_power_iteration_runs_canonical_convolutions_and_finds_the_norm(padding):
+    """The warm start at init (100 steps, a fori_loop): both convolutions in the loop body are
+    canonical NHWC / HWIO ones (XLA:CPU runs JAX's transposed conv there as a naive loop), and
+    sigma = <u, conv(v)> converges to the dense operator norm."""
+    import re
+
+    from jaxmri.nn.spectral import power_iteration
+
+    kernel = jax.random.normal(jax.random.PRNGKey(21), (3, 3, C_IN, C_OUT))
+    v = jax.random.normal(jax.random.PRNGKey(22), SHAPE)
+    u = conv_nhwc(v, kernel, padding=padding)
+    run = jax.jit(functools.partial(power_iteration, padding=padding, num_iters=200))
+    hlo = run.lower(kernel, u, v).compile().as_text()
+    assert " while(" in hlo
+    labels = re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo)
+    assert labels and set(labels) == {"b01f_01io->b01f"}, labels
+    u, v = run(kernel, u, v)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(u)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(v)), 1.0, rtol=1e-5)
+    sigma = float(jnp.vdot(u, conv_nhwc(v, kernel, padding=padding)))
+    np.testing.assert_allclose(sigma, conv_norm(kernel, padding), rtol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8, 4), (1, 5, 3, 3)])  # size a multiple of 8, and not
+def test_sum_of_squares_equals_the_plain_sum(shape):
+    from jaxmri.nn.spectral import _sum_of_squares
+
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(23), shape), np.float64)
+    np.testing.assert_allclose(float(_sum_of_squares(jnp.asarray(x, jnp.float32))),
+                               np.sum(x ** 2), rtol=1e-5)
