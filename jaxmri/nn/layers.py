@@ -479,8 +479,10 @@ def _add_bias_jvp(primals, tangents):
     y_dot, bias_dot = tangents
     rows = y.size // y.shape[-1]
     # The broadcast written as an outer product with ones: its transpose, the bias gradient, is
-    # ones @ g (XLA:CPU's reduce of g over the leading axes is a slow reduce-window).
-    spread = jnp.dot(jnp.ones((rows, 1), y.dtype), bias_dot[None, :]).reshape(y.shape)
+    # ones @ g (XLA:CPU's reduce of g over the leading axes is a slow reduce-window). HIGHEST:
+    # a float32 sum on every backend (GPUs would otherwise round g to TF32).
+    spread = jnp.dot(jnp.ones((rows, 1), y.dtype), bias_dot[None, :],
+                     precision=lax.Precision.HIGHEST).reshape(y.shape)
     return y + bias, y_dot + spread
 
 
