@@ -164,7 +164,8 @@ def test_ssim_contrast_uses_std_product_not_covariance():
 
 def test_ssim_contrast_identity_and_blur(mri_slice):
     t = mri_slice
-    np.testing.assert_allclose(ssim_contrast(t, t), 1.0, atol=1e-6)
+    # 1 up to float32 rounding of the windowed moments (a few ulp of the image's second moment).
+    np.testing.assert_allclose(ssim_contrast(t, t), 1.0, atol=1e-5)
     values = [float(ssim_contrast(ndi.gaussian_filter(t, s), t)) for s in (0.5, 1.0, 2.0)]
     assert values[0] < 1.0
     assert values[0] > values[1] > values[2]

@@ -174,7 +174,9 @@ def test_unrolled_iterate_matches_the_while_loop(problem, tol):
     assert int(info_u.num_iter) == int(info_w.num_iter)
     assert (int(info_w.num_iter) == 12) == (tol == 1e-30)
     np.testing.assert_allclose(x_u, x_w, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(info_u.residual, info_w.residual, rtol=1e-5)
+    # The residual is a norm of the last step, a difference of nearly equal iterates: its
+    # absolute rounding is that of the iterates (atol as above).
+    np.testing.assert_allclose(info_u.residual, info_w.residual, rtol=1e-5, atol=1e-7)
 
 
 def test_short_and_long_adjoint_solves_give_the_same_gradient(problem):
