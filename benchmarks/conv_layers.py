@@ -3,7 +3,7 @@
 ``python -m benchmarks.conv_layers [--repeats R] [--out DIR]``
 
 The training steps of all five methods are dominated by 3x3 convolutions of small images
-(16 to 64 px, 16 to 512 channels). This script times the building block alone, at shapes the
+(3 to 64 px, 16 to 512 channels). This script times the building block alone, at shapes the
 cpu presets use: ``y = tanh(conv3x3(x, w))`` summed, with the gradients for ``x`` and ``w``
 (the work a layer does in a training step), jit-compiled in JAX (``lax.conv_general_dilated``,
 NHWC / HWIO, the layout Flax uses, with jaxmri's XLA:CPU setting from :mod:`jaxmri.xla_defaults`;
@@ -39,6 +39,7 @@ SHAPES = (
     (4, 48, 128, 128, "InvSharpNet paper width (128 ch) at 48 px"),
     (4, 64, 64, 64, "VGG16 block 1 of the perceptual loss (64 px)"),
     (4, 16, 256, 256, "VGG16 block 3 (16 px, 256 ch)"),
+    (4, 6, 512, 512, "VGG16 block 4 at 48 px input (6 px, 512 ch)"),
     (8, 48, 32, 32, "RecNet cascade (48 px)"),
     (8, 48, 2, 32, "RecNet cascade input (2 -> 32 ch)"),
     (8, 48, 32, 2, "RecNet cascade output (32 -> 2 ch)"),

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxmri._checks import check_positive
 from jaxmri.metrics.quality import _as_batch, _check_image, _check_image_pair
-from jaxmri.nn.layers import max_pool_2x2
+from jaxmri.nn.layers import Conv, max_pool_2x2
 
 __all__ = ["AlexNetFeatures", "VGG16Features", "load_pretrained", "features", "lpips"]
 
@@ -50,20 +50,26 @@ class AlexNetFeatures(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
         taps = []
-        x = nn.relu(nn.Conv(64, (11, 11), strides=(4, 4), padding=2, name="conv1")(x))
+        x = nn.relu(Conv(64, (11, 11), strides=(4, 4), padding=2, name="conv1")(x))
         taps.append(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
-        x = nn.relu(nn.Conv(192, (5, 5), padding=2, name="conv2")(x))
+        x = nn.relu(Conv(192, (5, 5), padding=2, name="conv2")(x))
         taps.append(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
         for i, width in enumerate((384, 256, 256)):
-            x = nn.relu(nn.Conv(width, (3, 3), padding=1, name=f"conv{i + 3}")(x))
+            x = nn.relu(Conv(width, (3, 3), padding=1, name=f"conv{i + 3}")(x))
             taps.append(x)
         return taps
 
 
 class VGG16Features(nn.Module):
-    """torchvision VGG16 convolutional trunk returning relu{1_2,2_2,3_3,4_3,5_3} (NHWC)."""
+    """torchvision VGG16 convolutional trunk returning relu{1_2,2_2,3_3,4_3,5_3} (NHWC).
+
+    The convolutions are :class:`jaxmri.nn.layers.Conv` (Flax's, computed by jaxmri's CPU
+    plans): as a perceptual loss the trunk is differentiated in its input, and XLA:CPU's input
+    gradient of the 256-512 channel layers at 3-8 px is slow (an im2col product instead: the
+    VGG16 loss and its gradient at 4x48x48 took 186 -> 155 ms, PyTorch 193 ms).
+    """
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
@@ -72,7 +78,7 @@ class VGG16Features(nn.Module):
             if b > 0:
                 x = max_pool_2x2(x)
             for i, width in enumerate(widths):
-                x = nn.relu(nn.Conv(width, (3, 3), padding=1, name=f"conv{b + 1}_{i + 1}")(x))
+                x = nn.relu(Conv(width, (3, 3), padding=1, name=f"conv{b + 1}_{i + 1}")(x))
             taps.append(x)
         return taps
 

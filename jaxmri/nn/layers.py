@@ -363,13 +363,33 @@ def _explicit_pads(padding, in_hw, kernel_hw, strides) -> tuple[tuple[int, int],
 # measured (2 -> 32 at 48 px, batch 8: 6.9 -> 4.2 ms; 32 -> 2: 8.8 -> 4.3 ms; 128 -> 4: 18.8
 # -> 5.5 ms; 4 -> 128: 7.9 -> 4.7 ms; PyTorch: 5.8, 5.1, 8.0, 9.5 ms); at 8 channels it is level.
 _NARROW = 4
+# Wide layers on few pixels (VGG16's last two blocks at 3-8 px, PatchGAN's deep layers): with at
+# least this many input channels and at most twice as many output pixels in the whole batch
+# (N * H' * W') as input channels, one im2col product is faster than XLA:CPU's convolution,
+# whose input gradient is slow there. Measured on 2 cores, forward + input gradient (forward +
+# both gradients): 4x6x6 512 -> 512 24.5 -> 13.2 ms (27.5 -> 19.2), 4x8x8 512 -> 512 23.2 ->
+# 19.5 (40.9 -> 31.5), 8x6x6 512 -> 512 28.8 -> 22.1, 4x4x4 256 -> 256 2.9 -> 2.0, 4x8x8
+# 256 -> 256 8.2 -> 6.8; PyTorch 15.0, 23.7, 27.2, 2.4, 6.7. Level or slower beyond: 4x10x10
+# 256 (400 pixels) 9.9 / 9.0, 16x6x6 256 (576) 11.1 / 13.0; and below 256 channels (4x6x6 128:
+# 1.3 / 1.5; 4x6x6 64: 0.8 / 1.1).
+_WIDE = 256
+
+
+def _few_pixels_wide(x_shape, kernel_shape, pads) -> bool:
+    """Whether a stride-1 conv is a wide layer on few pixels (see ``_WIDE``)."""
+    (top, bottom), (left, right) = pads
+    out_pixels = ((x_shape[1] + top + bottom - kernel_shape[0] + 1)
+                  * (x_shape[2] + left + right - kernel_shape[1] + 1))
+    c_in = kernel_shape[2]
+    return c_in >= _WIDE and x_shape[0] * out_pixels <= 2 * c_in
 
 
 def conv_plan(x_shape, kernel_shape, pads) -> str:
     """How :func:`conv_general_dilated` computes a stride-1 NHWC conv on the CPU backend.
 
-    ``"im2col"`` (at most 4 input channels, fewer than output, or a kernel at least as large
-    as the image): :func:`_im2col_conv`;
+    ``"im2col"`` (at most 4 input channels, fewer than output; a kernel at least as large
+    as the image; or at least 256 input channels on at most twice as many output pixels in the
+    batch): :func:`_im2col_conv`;
     ``"shifted_product"`` (at most 4 output channels, fewer than input):
     :func:`_shifted_product_conv`; ``"fast_kernel_grad"``: :func:`conv_fast_kernel_grad`
     (XLA's convolution, kernel gradient by :func:`kernel_tangent_conv`); ``"xla"``: XLA's
@@ -381,7 +401,7 @@ def conv_plan(x_shape, kernel_shape, pads) -> str:
         # backend then runs the convolution as a naive loop (PatchGAN's 4x4 256 -> 256 layer at
         # 2 and 3 px, forward + both gradients: 13 and 48 ms; as im2col products 3.0 and 3.7).
         return "im2col"
-    if c_in <= _NARROW and c_in < c_out:
+    if (c_in <= _NARROW and c_in < c_out) or _few_pixels_wide(x_shape, kernel_shape, pads):
         return "im2col"
     if c_out <= _NARROW and c_out < c_in:
         return "shifted_product"
@@ -474,10 +494,15 @@ def add_bias(y: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
     return y + bias
 
 
-@add_bias.defjvp
 def _add_bias_jvp(primals, tangents):
     y, bias = primals
     y_dot, bias_dot = tangents
+    # Symbolic zeros: a frozen bias (a pretrained trunk) adds nothing to the tangent; without
+    # this, its zero tangent would be spread over the image by a product on every call.
+    if type(bias_dot) is SymbolicZero:
+        return y + bias, (jnp.zeros_like(y) if type(y_dot) is SymbolicZero else y_dot)
+    if type(y_dot) is SymbolicZero:
+        y_dot = jnp.zeros_like(y)
     if jax.default_backend() != "cpu":
         return y + bias, y_dot + bias_dot  # the plain broadcast: other backends reduce fast
     rows = y.size // y.shape[-1]
@@ -487,6 +512,9 @@ def _add_bias_jvp(primals, tangents):
     spread = jnp.dot(jnp.ones((rows, 1), y.dtype), bias_dot[None, :],
                      precision=lax.Precision.HIGHEST).reshape(y.shape)
     return y + bias, y_dot + spread
+
+
+add_bias.defjvp(_add_bias_jvp, symbolic_zeros=True)
 
 
 class Conv(nn.Conv):

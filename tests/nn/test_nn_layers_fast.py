@@ -214,6 +214,10 @@ def test_kernel_gradient_inside_a_while_loop_is_a_canonical_convolution(batch):
     ((3, 7, 7, 4), 1, 16, "SAME", "im2col"),                      # 1x1 kernel
     ((4, 2, 2, 16), 4, 16, "SAME", "im2col"),                     # kernel larger than the image
     ((2, 3, 5, 8), 3, 8, ((1, 2), (0, 1)), "im2col"),             # as tall as the image
+    ((2, 5, 5, 256), 3, 32, "SAME", "im2col"),                    # wide on few pixels (50)
+    ((2, 4, 4, 256), 3, 16, ((1, 0), (0, 1)), "im2col"),          # 2 * 4 * 4 <= 2 * 256
+    ((4, 12, 12, 256), 3, 16, "SAME", "fast_kernel_grad"),        # 576 pixels: too many
+    ((2, 5, 5, 128), 3, 32, "SAME", "xla"),                       # 128 channels: not wide
     ((4, 12, 12, 32), 3, 2, "SAME", "shifted_product"),           # narrow output
     ((2, 9, 11, 8), 5, 1, ((2, 0), (1, 3)), "shifted_product"),   # asymmetric padding
     ((4, 10, 10, 16), 3, 16, "SAME", "fast_kernel_grad"),
@@ -229,7 +233,10 @@ def test_conv_general_dilated_plans_equal_lax(shape, k, c_out, padding, plan):
     assert conv_plan(shape, (k, k, shape[-1], c_out),
                      _explicit_pads(padding, shape[1:3], (k, k), (1, 1))) == plan
     x = jax.random.normal(jax.random.PRNGKey(7), shape)
-    w = jax.random.normal(jax.random.PRNGKey(8), (k, k, shape[-1], c_out))
+    # Fan-in scaled (as an initialiser does), so outputs are O(1) at every width: sin of an
+    # O(sqrt(fan-in)) output would turn float32 rounding of the sum into gradient noise.
+    w = jax.random.normal(jax.random.PRNGKey(8), (k, k, shape[-1], c_out)) / np.sqrt(
+        k * k * shape[-1])
 
     def loss(conv, x, w):
         return jnp.sum(jnp.sin(conv(x, w, (1, 1), padding, dimension_numbers=dn)))
@@ -341,6 +348,13 @@ def test_add_bias_gradient_is_a_matrix_product_with_the_same_values():
     np.testing.assert_allclose(jax.jvp(add_bias, (y, b), (dy, db))[1], dy + db, rtol=1e-6)
     hlo = jax.jit(jax.grad(ours, 1)).lower(y, b).compile().as_text()
     assert "reduce-window" not in hlo
+    # Only one argument differentiated (a frozen bias, a frozen input): the same values, and a
+    # frozen bias traces no product (less for XLA to compile and fold away).
+    np.testing.assert_allclose(jax.grad(ours)(y, b), jax.grad(plain)(y, b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jvp(lambda b: add_bias(y, b), (b,), (db,))[1],
+                               jnp.broadcast_to(db, y.shape), rtol=1e-6)
+    np.testing.assert_allclose(jax.jvp(lambda y: add_bias(y, b), (y,), (dy,))[1], dy, rtol=1e-6)
+    assert "dot_general" not in str(jax.make_jaxpr(jax.grad(ours))(y, b))
 
 
 def test_jaxmri_conv_forward_mode_equals_flax():
