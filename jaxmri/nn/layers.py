@@ -440,6 +440,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     * **stride 1** (CPU backend only), as :func:`conv_plan` chooses: with at most 4 input or
       output channels (the first and last layer of every network here), matrix products on
       shifted copies of the narrow side (1.3-3.4x faster for forward + both gradients); with
+      256 or more input channels on few pixels (VGG16's last blocks), one im2col product; with
       few output channels or a batch that is not a multiple of 8, XLA's convolution with a
       kernel gradient that is 2-4x faster there (:func:`conv_fast_kernel_grad`).
 
