@@ -499,7 +499,7 @@ def _add_bias_jvp(primals, tangents):
     y, bias = primals
     y_dot, bias_dot = tangents
     # Symbolic zeros: a frozen bias (a pretrained trunk) adds nothing to the tangent; without
-    # this, its zero tangent would be spread over the image by a product on every call.
+    # this, its zero tangent would be traced as a product with ones (which XLA then folds).
     if type(bias_dot) is SymbolicZero:
         return y + bias, (jnp.zeros_like(y) if type(y_dot) is SymbolicZero else y_dot)
     if type(y_dot) is SymbolicZero:

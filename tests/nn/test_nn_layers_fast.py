@@ -215,7 +215,7 @@ def test_kernel_gradient_inside_a_while_loop_is_a_canonical_convolution(batch):
     ((4, 2, 2, 16), 4, 16, "SAME", "im2col"),                     # kernel larger than the image
     ((2, 3, 5, 8), 3, 8, ((1, 2), (0, 1)), "im2col"),             # as tall as the image
     ((2, 5, 5, 256), 3, 32, "SAME", "im2col"),                    # wide on few pixels (50)
-    ((2, 4, 4, 256), 3, 16, ((1, 0), (0, 1)), "im2col"),          # 2 * 4 * 4 <= 2 * 256
+    ((2, 4, 4, 256), 3, 16, ((1, 0), (0, 1)), "im2col"),          # asymmetric: 2 x 3 x 3 out
     ((4, 12, 12, 256), 3, 16, "SAME", "fast_kernel_grad"),        # 576 pixels: too many
     ((2, 5, 5, 128), 3, 32, "SAME", "xla"),                       # 128 channels: not wide
     ((4, 12, 12, 32), 3, 2, "SAME", "shifted_product"),           # narrow output
