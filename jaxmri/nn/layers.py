@@ -227,12 +227,16 @@ def _tiled_conv(x_pad, kernel_dot, out_hw, tiles, precision):
     return y.reshape(n, tiles * th, tiles * tw, -1)[:, :out_h, :out_w]
 
 
+def _stride1_out_hw(x_shape, kernel_shape, pads) -> tuple[int, int]:
+    """``(H', W')`` of a stride-1 NHWC / HWIO conv of ``x_shape`` with zero ``pads``."""
+    (top, bottom), (left, right) = pads
+    return (x_shape[1] + top + bottom - kernel_shape[0] + 1,
+            x_shape[2] + left + right - kernel_shape[1] + 1)
+
+
 def _fast_kernel_grad_strategy(x_shape, kernel_shape, pads) -> tuple[str, int]:
     """``("product", 1)``, ``("tiles", t)`` or ``("xla", 1)`` for a stride-1 NHWC conv."""
-    (top, bottom), (left, right) = pads
-    out_hw = (x_shape[1] + top + bottom - kernel_shape[0] + 1,
-              x_shape[2] + left + right - kernel_shape[1] + 1)
-    tiles = _tiles_per_side(x_shape[0], out_hw)
+    tiles = _tiles_per_side(x_shape[0], _stride1_out_hw(x_shape, kernel_shape, pads))
     if tiles == 1:
         # A batch of whole vectors: XLA's own kernel gradient is fast enough (RecNet at batch 8
         # got 15 % slower with the product for its 32 -> 2 output layers, in the whole step).
@@ -377,11 +381,9 @@ _WIDE = 256
 
 def _few_pixels_wide(x_shape, kernel_shape, pads) -> bool:
     """Whether a stride-1 conv is a wide layer on few pixels (see ``_WIDE``)."""
-    (top, bottom), (left, right) = pads
-    out_pixels = ((x_shape[1] + top + bottom - kernel_shape[0] + 1)
-                  * (x_shape[2] + left + right - kernel_shape[1] + 1))
+    out_h, out_w = _stride1_out_hw(x_shape, kernel_shape, pads)
     c_in = kernel_shape[2]
-    return c_in >= _WIDE and x_shape[0] * out_pixels <= 2 * c_in
+    return c_in >= _WIDE and x_shape[0] * out_h * out_w <= 2 * c_in
 
 
 def conv_plan(x_shape, kernel_shape, pads) -> str:
