@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -32,6 +33,7 @@ __all__ = [
     "StepCase",
     "benchmark_parser",
     "time_alternating",
+    "ratio_interval",
     "compiled_flops",
     "count_params",
     "jax_case",
@@ -78,7 +80,8 @@ def block(tree: Any) -> Any:
 
 
 def benchmark_parser(doc: str | None, *, name: str) -> argparse.ArgumentParser:
-    """The options every benchmark shares: ``--paper``, ``--out``, ``--repeats``, ``--warmup``."""
+    """The options every benchmark shares: ``--paper``, ``--out``, ``--repeats``, ``--warmup``,
+    ``--window``."""
     parser = argparse.ArgumentParser(
         prog=f"python -m benchmarks.{name}", description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,29 +93,44 @@ def benchmark_parser(doc: str | None, *, name: str) -> argparse.ArgumentParser:
                         help="timed runs per implementation after warm-up (default 10)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed runs first (compilation, allocator; default 2)")
+    parser.add_argument("--window", type=float, default=0.25,
+                        help="seconds of back-to-back calls timed per turn where a script "
+                             "alternates implementations (default 0.25; 0 times one call)")
     return parser
 
 
 def time_alternating(fns: Mapping[str, Callable[[], None]], *, repeats: int,
-                     warmup: int = 1, settle_s: float = 0.05) -> dict[str, list[float]]:
-    """Wall seconds of ``repeats`` calls of each function, in alternating turns A, B, A, B, ...
+                     warmup: int = 1, settle_s: float = 0.05,
+                     min_timed_s: float = 0.0) -> dict[str, list[float]]:
+    """Wall seconds per call of each function, in alternating turns A, B, A, B, ...
 
     Each function is first called ``warmup`` times untimed. Interleaving means a change of machine
     load during the run affects every implementation alike. Each turn starts with untimed calls
     of that turn's function for at least ``settle_s`` seconds (at least one call when
-    ``settle_s > 0``) and then times one call: after a call, PyTorch's OpenMP threads and XLA's
-    Eigen threads keep spinning for a few milliseconds, and on a 2-core machine the next
-    framework's call then competes with them (measured: a 5 ms XLA convolution took 10-11 ms right
-    after a PyTorch call, 6-7 ms after 50 ms of its own calls; PyTorch lost 10-30 % the other
-    way). Settling times every implementation in its own steady state, as a user running one of
-    them sees it. ``settle_s = 0`` gives strict A, B, A, B timing. Returns ``{name: [seconds]}``.
+    ``settle_s > 0``) and then times ``n`` consecutive calls: after a call, PyTorch's OpenMP
+    threads and XLA's Eigen threads keep spinning for a few milliseconds, and on a 2-core machine
+    the next framework's call then competes with them (measured: a 5 ms XLA convolution took
+    10-11 ms right after a PyTorch call, 6-7 ms after 50 ms of its own calls; PyTorch lost
+    10-30 % the other way). Settling times every implementation in its own steady state, as a
+    user running one of them sees it. ``settle_s = 0`` gives strict A, B, A, B timing.
+
+    ``n`` is 1 when ``min_timed_s = 0``; otherwise each function's ``n`` is fixed once, after
+    warm-up, from one timed call, as the number of calls that fill ``min_timed_s`` (at least 1):
+    a single call of a 25 ms step on a shared machine varies by +-30 %, the mean of ten calls
+    much less. Returns ``{name: [seconds per call, one entry per turn]}``.
     """
-    if repeats < 1 or warmup < 0 or settle_s < 0:
-        raise ValueError(f"repeats must be >= 1, warmup and settle_s >= 0, got {repeats}, "
-                         f"{warmup}, {settle_s}")
+    if repeats < 1 or warmup < 0 or settle_s < 0 or min_timed_s < 0:
+        raise ValueError(f"repeats must be >= 1, warmup, settle_s and min_timed_s >= 0, got "
+                         f"{repeats}, {warmup}, {settle_s}, {min_timed_s}")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    calls = dict.fromkeys(fns, 1)
+    if min_timed_s > 0:
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            calls[name] = max(1, math.ceil(min_timed_s / (time.perf_counter() - start)))
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -122,9 +140,39 @@ def time_alternating(fns: Mapping[str, Callable[[], None]], *, repeats: int,
                 while time.perf_counter() - settle_start < settle_s:
                     fn()
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(calls[name]):
+                fn()
+            times[name].append((time.perf_counter() - start) / calls[name])
     return times
+
+
+def ratio_interval(numerator: Sequence[float], denominator: Sequence[float], *,
+                   confidence: float = 0.9, resamples: int = 4000,
+                   seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of ``median(numerator) / median(denominator)`` over paired turns.
+
+    The two sequences are the per-turn times of two implementations from one
+    :func:`time_alternating` run; turn ``i`` of both ran under the same machine load, so turns
+    are resampled in pairs (``scipy.stats.bootstrap``, ``paired=True``, percentile method).
+    Returns ``(low, high)`` of the two-sided ``confidence`` interval: how far the ratio of one
+    run could move if the run were repeated on the same machine.
+    """
+    from scipy import stats
+
+    a = np.asarray(numerator, np.float64)
+    b = np.asarray(denominator, np.float64)
+    if a.ndim != 1 or a.shape != b.shape or a.size < 2:
+        raise ValueError(f"need two 1-D sequences of the same length >= 2, got shapes {a.shape} "
+                         f"and {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b)) and np.all(b > 0)):
+        raise ValueError("times must be finite and the denominator's positive")
+    if np.ptp(a / b) == 0:  # every turn has the same ratio: no spread to resample
+        return float(a[0] / b[0]), float(a[0] / b[0])
+    result = stats.bootstrap(
+        (a, b), lambda x, y, axis=-1: np.median(x, axis=axis) / np.median(y, axis=axis),
+        paired=True, vectorized=True, confidence_level=confidence, n_resamples=resamples,
+        method="percentile", random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def median(values: Sequence[float]) -> float:

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for batch, side, c_in, c_out, where in SHAPES:
         times = time_alternating(layer_fns(batch, side, c_in, c_out, with_torch=with_torch),
-                                 repeats=args.repeats, warmup=args.warmup)
+                                 repeats=args.repeats, warmup=args.warmup,
+                                 min_timed_s=args.window)
         # forward conv + input gradient + weight gradient: three convolutions' worth of MACs.
         gflop = 3 * 2 * batch * side * side * 9 * c_in * c_out / 1e9
         row = {"layer": where, "shape NHWC": f"{batch}x{side}x{side}x{c_in}->{c_out}"}
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(row)
     jax_mm = matmul_gflops()
     torch_mm = torch_matmul_gflops() if with_torch else None
-    title = (f"3x3 conv forward + backward, float32, median of {args.repeats}; "
+    title = (f"3x3 conv forward + backward, float32, median of {args.repeats} alternating "
+             f"turns (>= {args.window:g} s of calls timed in each); "
              f"2048^3 matmul: JAX {jax_mm:.0f} GFLOP/s"
              + (f", PyTorch {torch_mm:.0f} GFLOP/s" if torch_mm else ""))
     write_table(rows, args.out, "conv_layers", title=title,

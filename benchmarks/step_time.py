@@ -8,7 +8,11 @@ builds the JAX step exactly as the experiment trains it (``benchmarks/cases_*.py
 PyTorch implementation of the same architecture, batch, image size and dtype (float32) started
 from the same parameters, checks that both compute the same thing (each cases module asserts
 it at build time; the parameter counts must match here), then times them alternately A, B, A,
-B after warm-up and reports the medians and their ratio (< 1: JAX is faster).
+B after warm-up and reports the medians and their ratio (< 1: JAX is faster). Each turn times
+the mean of back-to-back calls filling ``--window`` seconds (one call for steps longer than
+that), and the ratio comes with a 90 % bootstrap interval over the paired turns: the issue's
+target (ratio <= 0.8) is "yes" / "no" when the whole interval is on one side of 0.8, "within
+noise" when it straddles it.
 
 Roofline columns: the FLOPs of one step counted by XLA's cost analysis of the compiled step,
 the achieved GFLOP/s of each implementation (the same FLOP count divided by its time) and the
@@ -34,6 +38,7 @@ from benchmarks._common import (
     machine_info,
     matmul_gflops,
     median,
+    ratio_interval,
     save_bar_plot,
     time_alternating,
     write_table,
@@ -74,10 +79,29 @@ def torch_matmul_gflops(*, size: int = 2048, repeats: int = 5) -> float:
     return 2.0 * size**3 / best / 1e9
 
 
+def target_verdict(ratio: float, low: float, high: float,
+                   target: float = TARGET_RATIO) -> str:
+    """Whether a run's ratio meets the target, and whether its 90 % interval says it surely does.
+
+    ``"yes"`` / ``"no"`` when the whole interval ``[low, high]`` lies on one side of the target;
+    ``"yes, within noise"`` / ``"no, within noise"`` when the ratio is on that side but the
+    interval straddles the target (another run on the same machine could land on the other).
+    """
+    if not low <= ratio <= high:
+        raise ValueError(f"ratio {ratio} lies outside its interval [{low}, {high}]")
+    meets = "yes" if ratio <= target else "no"
+    return meets if high <= target or low > target else f"{meets}, within noise"
+
+
 def case_row(case, times: dict[str, list[float]], peak_gflops: float) -> dict:
     """One table row from a built case and its alternating timings."""
     jax_s = median(times["JAX"])
     torch_s = median(times["PyTorch"]) if "PyTorch" in times else None
+    ratio = None if torch_s is None else jax_s / torch_s
+    low, high = ((None, None) if torch_s is None
+                 else ratio_interval(times["JAX"], times["PyTorch"]))
+    if ratio is not None:  # the percentile interval of a median can end exactly at the ratio
+        low, high = min(low, ratio), max(high, ratio)
     gflop = case.jax_flops / 1e9
     row = {
         "method": case.name,
@@ -86,15 +110,16 @@ def case_row(case, times: dict[str, list[float]], peak_gflops: float) -> dict:
         "params": case.jax_params,
         "JAX ms": 1e3 * jax_s,
         "PyTorch ms": None if torch_s is None else 1e3 * torch_s,
-        "JAX/PyTorch": None if torch_s is None else jax_s / torch_s,
-        "meets 0.8": None if torch_s is None else ("yes" if jax_s / torch_s <= TARGET_RATIO
-                                                   else "no"),
+        "JAX/PyTorch": ratio,
+        "90% interval": None if ratio is None else f"{low:.2f}-{high:.2f}",
+        "meets 0.8": None if ratio is None else target_verdict(ratio, low, high),
         "GFLOP/step": gflop,
         "JAX GFLOP/s": gflop / jax_s,
         "PyTorch GFLOP/s": None if torch_s is None else gflop / torch_s,
         "JAX % of matmul peak": 100.0 * gflop / jax_s / peak_gflops,
     }
     row["_times"] = {k: list(v) for k, v in times.items()}
+    row["_interval"] = None if ratio is None else [low, high]
     return row
 
 
@@ -136,11 +161,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                      f"{case.torch_params} parameters, JAX {case.jax_params}; "
                                      "the architectures differ")
                 fns["PyTorch"] = case.torch_step
-            times = time_alternating(fns, repeats=args.repeats, warmup=args.warmup)
+            times = time_alternating(fns, repeats=args.repeats, warmup=args.warmup,
+                                     min_timed_s=args.window)
             rows.append(case_row(case, times, peak))
             r = rows[-1]
             print(f"  {case.name}: JAX {r['JAX ms']:.1f} ms"
-                  + (f", PyTorch {r['PyTorch ms']:.1f} ms, ratio {r['JAX/PyTorch']:.2f}"
+                  + (f", PyTorch {r['PyTorch ms']:.1f} ms, ratio {r['JAX/PyTorch']:.2f} "
+                     f"({r['90% interval']}, meets 0.8: {r['meets 0.8']})"
                      if r["PyTorch ms"] is not None else ""))
         del cases, module
         gc.collect()
@@ -150,7 +177,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     preset = "paper" if args.paper else "cpu"
     info = machine_info()
     title = (f"Training step time, {preset} presets, float32, median of {args.repeats} "
-             f"alternating turns (each settled for 50 ms) after {args.warmup} warm-up; "
+             f"alternating turns (each settled for 50 ms, then >= {args.window:g} s of calls "
+             f"timed) after {args.warmup} warm-up; JAX/PyTorch with its 90 % paired-bootstrap "
+             f"interval over turns; "
              f"{info['cpu_count']} CPU cores "
              f"({info['cpu']}), {len(info['devices'])} JAX device(s); matmul peak "
              f"{peak:.1f} GFLOP/s")
@@ -159,6 +188,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 title=title, columns=columns,
                 extra={"preset": preset, "matmul_gflops": {"jax": jax_peak, "torch": torch_peak},
                        "times_s": {r["method"]: r["_times"] for r in rows},
+                       "ratio_interval_90": {r["method"]: r["_interval"] for r in rows},
                        "target_ratio": TARGET_RATIO})
     series = {"JAX (jit + pmap)": [r["JAX ms"] for r in rows]}
     if with_torch:

@@ -15,6 +15,7 @@ from benchmarks._common import (
     compiled_memory,
     count_params,
     jax_case,
+    ratio_interval,
     time_alternating,
     write_table,
 )
@@ -52,6 +53,103 @@ def test_time_alternating_settles_each_turn_before_timing_one_call():
     for _, starts in turns:
         assert len(starts) >= 2 and starts[-1] - starts[0] >= 0.02 - 1e-3, starts
     assert all(0.004 <= t < 0.1 for v in times.values() for t in v)
+
+
+def test_time_alternating_times_the_mean_call_of_a_window():
+    """With ``min_timed_s`` each turn times n back-to-back calls (n fixed after warm-up from one
+    call) and reports seconds per call, not the window."""
+    durations = iter([0.004] * 1000)
+    calls = []
+
+    def fn():
+        calls.append(time.perf_counter())
+        time.sleep(next(durations))
+
+    times = time_alternating({"a": fn}, repeats=3, warmup=1, settle_s=0.0, min_timed_s=0.03)
+    # warm-up 1 + calibration 1 + 3 turns of n calls, n = ceil(0.03 / t) with t >= 4 ms
+    n = (len(calls) - 2) / 3
+    assert n == int(n) and 1 <= n <= 8, len(calls)
+    assert all(0.004 <= t < 0.015 for t in times["a"]), times  # per call, not the 30 ms window
+    # The per-call mean of a window is the window's wall time over n.
+    starts = calls[2:]
+    first_turn = starts[int(n)] - starts[0]
+    assert times["a"][0] == pytest.approx(first_turn / n, rel=0.3)
+    with pytest.raises(ValueError, match="min_timed_s"):
+        time_alternating({"a": fn}, repeats=1, min_timed_s=-1.0)
+
+
+def _numpy_paired_bootstrap(a, b, *, resamples, confidence, seed):
+    # Independent reference: resample turn indices with replacement, percentile interval.
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(resamples, len(a)))
+    stats = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    tail = 100 * (1 - confidence) / 2
+    return np.percentile(stats, tail), np.percentile(stats, 100 - tail)
+
+
+def test_ratio_interval_matches_a_plain_paired_bootstrap_and_covers_the_truth():
+    rng = np.random.default_rng(3)
+    load = np.exp(rng.normal(0.0, 0.3, 12))  # shared per-turn machine load: pairs matter
+    b = 0.1 * load * np.exp(rng.normal(0.0, 0.1, 12))
+    a = 0.075 * load * np.exp(rng.normal(0.0, 0.1, 12))
+    low, high = ratio_interval(a, b, resamples=4000)
+    ref_low, ref_high = _numpy_paired_bootstrap(a, b, resamples=20000, confidence=0.9, seed=1)
+    assert low == pytest.approx(ref_low, abs=0.015) and high == pytest.approx(ref_high, abs=0.015)
+    assert low <= np.median(a) / np.median(b) <= high
+    # Unpaired resampling would mix loads of different turns and give a much wider interval.
+    assert high - low < 0.5 * (np.percentile(a, 90) / np.percentile(b, 10)
+                               - np.percentile(a, 10) / np.percentile(b, 90))
+    # Coverage: over 100 runs with a true ratio of 0.75 the 90 % interval holds it ~90 % of times.
+    hits = 0
+    for trial in range(100):
+        load = np.exp(rng.normal(0.0, 0.3, 10))
+        b = load * np.exp(rng.normal(0.0, 0.15, 10))
+        a = 0.75 * load * np.exp(rng.normal(0.0, 0.15, 10))
+        lo, hi = ratio_interval(a, b, resamples=1000, seed=trial)
+        hits += lo <= 0.75 <= hi
+    assert 78 <= hits <= 99, hits
+
+
+def test_ratio_interval_is_a_point_without_spread_and_rejects_bad_input():
+    b = np.array([0.2, 0.3, 0.25, 0.4])
+    assert ratio_interval(0.5 * b, b) == pytest.approx((0.5, 0.5))
+    with pytest.raises(ValueError, match="same length"):
+        ratio_interval(b, b[:3])
+    with pytest.raises(ValueError, match="same length"):
+        ratio_interval(b[:1], b[:1])
+    with pytest.raises(ValueError, match="finite"):
+        ratio_interval(b, np.array([0.2, np.nan, 0.25, 0.4]))
+
+
+def test_step_time_verdict_says_when_the_target_is_within_noise():
+    from benchmarks.step_time import target_verdict
+
+    assert target_verdict(0.7, 0.65, 0.75) == "yes"
+    assert target_verdict(0.78, 0.7, 0.85) == "yes, within noise"
+    assert target_verdict(0.82, 0.75, 0.9) == "no, within noise"
+    assert target_verdict(0.9, 0.85, 0.95) == "no"
+    assert target_verdict(0.8, 0.8, 0.8) == "yes"  # the target itself meets it
+    with pytest.raises(ValueError, match="outside"):
+        target_verdict(0.9, 0.6, 0.7)
+
+
+def test_step_time_row_reports_ratio_interval_and_roofline():
+    from types import SimpleNamespace
+
+    from benchmarks.step_time import case_row
+
+    case = SimpleNamespace(name="m", batch_size=4, image_size=48, jax_params=10,
+                           jax_flops=2e9)
+    torch_s = [0.10, 0.12, 0.11, 0.13, 0.10, 0.12]
+    jax_s = [0.5 * t for t in torch_s]  # every turn at exactly half
+    row = case_row(case, {"JAX": jax_s, "PyTorch": torch_s}, peak_gflops=100.0)
+    assert row["JAX/PyTorch"] == pytest.approx(0.5)
+    assert row["90% interval"] == "0.50-0.50" and row["meets 0.8"] == "yes"
+    assert row["JAX ms"] == pytest.approx(1e3 * np.median(jax_s))
+    assert row["JAX GFLOP/s"] == pytest.approx(2.0 / np.median(jax_s))
+    assert row["JAX % of matmul peak"] == pytest.approx(2.0 / np.median(jax_s))
+    row = case_row(case, {"JAX": jax_s}, peak_gflops=100.0)
+    assert row["JAX/PyTorch"] is None and row["meets 0.8"] is None
 
 
 def test_compiled_flops_counts_a_matmul_and_replicas():
