@@ -22,7 +22,8 @@ JAX's and PyTorch's 2048^3 product), i.e. how close the step comes to what this 
 Default sizes are the cpu presets (2 CPU cores); ``--paper`` builds the paper presets (for a
 GPU: a paper-preset step on 2 CPU cores takes seconds to minutes). PyTorch is the optional
 extra ``pip install -e '.[bench]'``; without it the PyTorch columns are empty.
-Writes ``<out>/step_time.{md,json,png}``.
+Writes ``<out>/step_time.{md,json,png}`` and ``<out>/step_time_ratio.png`` (the ratios with
+their intervals against the target).
 """
 
 from __future__ import annotations
@@ -91,6 +92,39 @@ def target_verdict(ratio: float, low: float, high: float,
         raise ValueError(f"ratio {ratio} lies outside its interval [{low}, {high}]")
     meets = "yes" if ratio <= target else "no"
     return meets if high <= target or low > target else f"{meets}, within noise"
+
+
+def save_ratio_plot(path, labels: list[str], ratios: list[float],
+                    intervals: list[tuple[float, float]], *, target: float = TARGET_RATIO,
+                    title: str) -> np.ndarray:
+    """Horizontal bars of JAX/PyTorch per method with their interval as error bars and the
+    target as a dashed line, saved as PNG. Returns the ``(2, n)`` error-bar lengths drawn
+    (below and above each ratio)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios_arr = np.asarray(ratios, np.float64)
+    bounds = np.asarray(intervals, np.float64).reshape(-1, 2)
+    errors = np.stack([ratios_arr - bounds[:, 0], bounds[:, 1] - ratios_arr])
+    if np.any(errors < 0):
+        raise ValueError("every ratio must lie inside its interval")
+    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(labels) + 1.4))
+    y = np.arange(len(labels))[::-1]
+    colors = ["tab:green" if hi <= target else "tab:orange" if r <= target else "tab:red"
+              for r, (_, hi) in zip(ratios_arr, bounds)]
+    ax.barh(y, ratios_arr, xerr=errors, color=colors, capsize=3)
+    ax.axvline(target, color="k", linestyle="--", linewidth=1, label=f"target {target:g}")
+    ax.axvline(1.0, color="0.6", linewidth=1, label="PyTorch eager")
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("JAX / PyTorch step time (90 % interval; < 1: JAX faster)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return errors
 
 
 def case_row(case, times: dict[str, list[float]], peak_gflops: float) -> dict:
@@ -196,6 +230,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     save_bar_plot(args.out / "step_time.png", [r["method"] for r in rows], series,
                   ylabel="ms per training step (log)", title=f"Step time, {preset} presets",
                   log=True)
+    compared = [r for r in rows if r["JAX/PyTorch"] is not None]
+    if compared:
+        save_ratio_plot(args.out / "step_time_ratio.png", [r["method"] for r in compared],
+                        [r["JAX/PyTorch"] for r in compared],
+                        [r["_interval"] for r in compared],
+                        title=f"JAX / PyTorch eager, {preset} presets, {info['cpu_count']} cores")
     return rows
 
 

@@ -227,3 +227,14 @@ def test_parameter_disagreement_is_the_worst_relative_leaf_difference():
     assert parameter_disagreement(ref, ref) == 0.0
     with pytest.raises(ValueError, match="parameter trees"):
         parameter_disagreement({"w": ref["w"]}, ref)
+
+
+def test_step_time_ratio_plot_draws_each_interval_around_its_ratio(tmp_path):
+    from benchmarks.step_time import save_ratio_plot
+
+    errors = save_ratio_plot(tmp_path / "r.png", ["a", "b"], [0.7, 0.85],
+                             [(0.6, 0.75), (0.8, 0.95)], title="t")
+    np.testing.assert_allclose(errors, [[0.1, 0.05], [0.05, 0.1]], atol=1e-12)
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="inside"):
+        save_ratio_plot(tmp_path / "bad.png", ["a"], [0.9], [(0.6, 0.7)], title="t")
