@@ -34,6 +34,7 @@ __all__ = [
     "benchmark_parser",
     "time_alternating",
     "ratio_interval",
+    "target_verdict",
     "compiled_flops",
     "count_params",
     "jax_case",
@@ -173,6 +174,26 @@ def ratio_interval(numerator: Sequence[float], denominator: Sequence[float], *,
         paired=True, vectorized=True, confidence_level=confidence, n_resamples=resamples,
         method="percentile", random_state=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def target_verdict(value: float, low: float, high: float, target: float, *,
+                   higher_is_better: bool = False) -> str:
+    """Whether a measured value meets its target, and whether its interval says it surely does.
+
+    The target is ``value <= target`` (a time ratio), or ``value >= target`` with
+    ``higher_is_better`` (a throughput ratio). ``"yes"`` / ``"no"`` when the whole interval
+    ``[low, high]`` lies on one side of the target; ``"yes, within noise"`` / ``"no, within
+    noise"`` when the value is on that side but the interval reaches the other (another run on
+    the same machine could land there).
+    """
+    if not low <= value <= high:
+        raise ValueError(f"value {value} lies outside its interval [{low}, {high}]")
+    if higher_is_better:
+        meets, surely, surely_not = value >= target, low >= target, high < target
+    else:
+        meets, surely, surely_not = value <= target, high <= target, low > target
+    word = "yes" if meets else "no"
+    return word if surely or surely_not else f"{word}, within noise"
 
 
 def median(values: Sequence[float]) -> float:

@@ -19,14 +19,18 @@ of the experiments with the fastest training step that reads it:
   as arrays; a temporary cache is prepared first), compared with the fastest consumer above.
 
 "Delivers" times ``shard_batch(batch_fn(step))`` plus the copy to the device (``device_put``),
-over fresh steps; "consumes" is the global batch divided by the median time of the jitted,
-pmapped step (as :mod:`benchmarks.step_time` times it). Writes ``<out>/input_pipeline.*``.
+over fresh steps (for the cache: reading a random batch, then the same); "consumes" is the
+global batch divided by the time of the jitted, pmapped step. The two are timed in alternating
+turns (``--repeats`` turns, each ``--window`` seconds of calls after 50 ms of settling, as
+:mod:`benchmarks.step_time` does), so a change of machine load hits both alike; the ratio
+delivered / consumed is the ratio of the median step time to the median batch time, with a 90 %
+paired-bootstrap interval over turns. Writes ``<out>/input_pipeline.*``.
 """
 
 from __future__ import annotations
 
+import itertools
 import tempfile
-import time
 from collections.abc import Callable
 
 import jax
@@ -38,7 +42,9 @@ from benchmarks._common import (
     benchmark_parser,
     jax_case,
     median,
+    ratio_interval,
     save_bar_plot,
+    target_verdict,
     time_alternating,
     write_table,
 )
@@ -47,26 +53,46 @@ from jaxmri.train import create_train_state, shard_batch
 TARGET = 5.0  # delivered / consumed samples per second
 
 
-def delivered_rate(batch_fn: Callable[[int], dict], *, steps: int) -> tuple[float, int]:
-    """Samples per second of ``batch_fn`` + ``shard_batch`` + ``device_put`` over fresh steps."""
+def deliver_fn(batch_fn: Callable[[int], dict]) -> Callable[[], None]:
+    """``() -> None``: ``batch_fn`` of the next fresh step, sharded and copied to the devices."""
     n_local = jax.local_device_count()
-    jax.block_until_ready(jax.device_put(shard_batch(batch_fn(0), num_local_devices=n_local)))
-    batch_size, seconds = 0, []
-    for step in range(1, steps + 1):
-        start = time.perf_counter()
-        batch = shard_batch(batch_fn(step), num_local_devices=n_local)
+    steps = itertools.count()
+
+    def deliver() -> None:
+        batch = shard_batch(batch_fn(next(steps)), num_local_devices=n_local)
         jax.block_until_ready(jax.device_put(batch))
-        seconds.append(time.perf_counter() - start)
-        batch_size = int(np.shape(next(iter(batch.values())))[0]
-                         * np.shape(next(iter(batch.values())))[1])
-    return batch_size / median(seconds), batch_size
+
+    return deliver
 
 
-def consumed_rate(case, *, repeats: int, warmup: int) -> float:
-    """Samples per second the step of ``case`` consumes (global batch / median step time)."""
-    times = time_alternating({"step": case.jax_step}, repeats=repeats, warmup=warmup,
-                             settle_s=0.0)
-    return case.batch_size / median(times["step"])
+def tfds_batch_fn(source, *, batch_size: int, seed: int = 0) -> Callable[[int], dict]:
+    """``batch_fn(step)``: ``batch_size`` random slices read from a TFDS data source
+    (:func:`jaxmri.data.tfds_cache.read_slices`), a fresh draw per step."""
+    from jaxmri.data.tfds_cache import read_slices
+
+    def batch_fn(step: int) -> dict:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, step]))
+        indices = np.sort(rng.choice(len(source), batch_size, replace=False))
+        return {"image": read_slices(source, indices)["image"]}
+
+    return batch_fn
+
+
+def pipeline_row(path_name: str, case, batch_fn: Callable[[int], dict], *, repeats: int,
+                 warmup: int, window: float) -> dict:
+    """One table row: ``batch_fn``'s delivery against ``case``'s step, timed in alternating
+    turns; the rates, their ratio with its 90 % interval and the verdict on the 5x target."""
+    times = time_alternating({"delivered": deliver_fn(batch_fn), "consumed": case.jax_step},
+                             repeats=repeats, warmup=warmup, min_timed_s=window)
+    ratio = median(times["consumed"]) / median(times["delivered"])
+    low, high = ratio_interval(times["consumed"], times["delivered"])
+    low, high = min(low, ratio), max(high, ratio)
+    return {"data path": path_name, "consumer step": case.name, "batch": case.batch_size,
+            "delivered samples/s": case.batch_size / median(times["delivered"]),
+            "consumed samples/s": case.batch_size / median(times["consumed"]),
+            "delivered / consumed": ratio, "90% interval": f"{low:.2f}-{high:.2f}",
+            f"meets {TARGET:g}x": target_verdict(ratio, low, high, TARGET,
+                                                 higher_is_better=True)}
 
 
 def recnet_path(paper: bool, seed: int = 0):
@@ -117,49 +143,31 @@ def edsr_path(paper: bool, seed: int = 0):
     return batch_fn, case
 
 
-def tfds_read_rate(*, image_size: int, batch_size: int, steps: int) -> float:
-    """Slices per second read by random access from a freshly prepared TFDS slice cache."""
-    from jaxmri.data.tfds_cache import prepare_slice_cache, records_to_slices
-
-    with tempfile.TemporaryDirectory() as data_dir:
-        source = prepare_slice_cache(None, image_size=image_size,
-                                     data_dir=data_dir).as_data_source(split="train")
-        rng = np.random.default_rng(0)
-        seconds = []
-        for _ in range(steps + 1):
-            indices = np.sort(rng.choice(len(source), batch_size, replace=False))
-            start = time.perf_counter()
-            records_to_slices(source.__getitems__([int(i) for i in indices]))
-            seconds.append(time.perf_counter() - start)
-    return batch_size / median(seconds[1:])
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     """Measure every data path against its consumer step; write and return the table rows."""
     parser = benchmark_parser(__doc__, name="input_pipeline")
     args = parser.parse_args(argv)
-    rows = []
+    rows, cases = [], []
     for path_name, build in (("on-the-fly acquisition (paper 003)", recnet_path),
                              ("precomputed pairs, random crops (paper 001)", edsr_path)):
         batch_fn, case = build(args.paper)
-        delivered, batch_size = delivered_rate(batch_fn, steps=args.repeats)
-        consumed = consumed_rate(case, repeats=args.repeats, warmup=args.warmup)
-        rows.append({"data path": path_name, "consumer step": case.name, "batch": batch_size,
-                     "delivered samples/s": delivered, "consumed samples/s": consumed,
-                     "delivered / consumed": delivered / consumed,
-                     f"meets {TARGET:g}x": "yes" if delivered >= TARGET * consumed else "no"})
-    # The TFDS cache feeds the same consumers; its read rate is compared with the fastest one.
-    fastest = max(rows, key=lambda r: r["consumed samples/s"])
-    read = tfds_read_rate(image_size=64, batch_size=fastest["batch"], steps=args.repeats)
-    rows.append({"data path": "TFDS slice cache, random access (64 px)",
-                 "consumer step": fastest["consumer step"], "batch": fastest["batch"],
-                 "delivered samples/s": read,
-                 "consumed samples/s": fastest["consumed samples/s"],
-                 "delivered / consumed": read / fastest["consumed samples/s"],
-                 f"meets {TARGET:g}x": "yes" if read >= TARGET * fastest["consumed samples/s"]
-                 else "no"})
+        rows.append(pipeline_row(path_name, case, batch_fn, repeats=args.repeats,
+                                 warmup=args.warmup, window=args.window))
+        cases.append(case)
+    # The TFDS cache feeds the same consumers; it is timed against the fastest one.
+    fastest = max(range(len(rows)), key=lambda i: rows[i]["consumed samples/s"])
+    from jaxmri.data.tfds_cache import prepare_slice_cache
+
+    with tempfile.TemporaryDirectory() as data_dir:
+        source = prepare_slice_cache(None, image_size=64,
+                                     data_dir=data_dir).as_data_source(split="train")
+        rows.append(pipeline_row(
+            "TFDS slice cache, random access (64 px)", cases[fastest],
+            tfds_batch_fn(source, batch_size=cases[fastest].batch_size),
+            repeats=args.repeats, warmup=args.warmup, window=args.window))
     title = (f"Input pipeline vs train step ({'paper' if args.paper else 'cpu'} presets, "
-             f"median of {args.repeats} steps; target delivered >= {TARGET:g} x consumed)")
+             f"median of {args.repeats} alternating turns of >= {args.window:g} s each, "
+             f"90 % interval of the ratio; target delivered >= {TARGET:g} x consumed)")
     write_table(rows, args.out, "input_pipeline", title=title)
     save_bar_plot(args.out / "input_pipeline.png", [r["consumer step"] for r in rows],
                   {"delivered": [r["delivered samples/s"] for r in rows],

@@ -41,6 +41,7 @@ from benchmarks._common import (
     median,
     ratio_interval,
     save_bar_plot,
+    target_verdict,
     time_alternating,
     write_table,
 )
@@ -78,20 +79,6 @@ def torch_matmul_gflops(*, size: int = 2048, repeats: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2.0 * size**3 / best / 1e9
-
-
-def target_verdict(ratio: float, low: float, high: float,
-                   target: float = TARGET_RATIO) -> str:
-    """Whether a run's ratio meets the target, and whether its 90 % interval says it surely does.
-
-    ``"yes"`` / ``"no"`` when the whole interval ``[low, high]`` lies on one side of the target;
-    ``"yes, within noise"`` / ``"no, within noise"`` when the ratio is on that side but the
-    interval straddles the target (another run on the same machine could land on the other).
-    """
-    if not low <= ratio <= high:
-        raise ValueError(f"ratio {ratio} lies outside its interval [{low}, {high}]")
-    meets = "yes" if ratio <= target else "no"
-    return meets if high <= target or low > target else f"{meets}, within noise"
 
 
 def save_ratio_plot(path, labels: list[str], ratios: list[float],
@@ -146,7 +133,7 @@ def case_row(case, times: dict[str, list[float]], peak_gflops: float) -> dict:
         "PyTorch ms": None if torch_s is None else 1e3 * torch_s,
         "JAX/PyTorch": ratio,
         "90% interval": None if ratio is None else f"{low:.2f}-{high:.2f}",
-        "meets 0.8": None if ratio is None else target_verdict(ratio, low, high),
+        "meets 0.8": None if ratio is None else target_verdict(ratio, low, high, TARGET_RATIO),
         "GFLOP/step": gflop,
         "JAX GFLOP/s": gflop / jax_s,
         "PyTorch GFLOP/s": None if torch_s is None else gflop / torch_s,

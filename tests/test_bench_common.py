@@ -16,6 +16,7 @@ from benchmarks._common import (
     count_params,
     jax_case,
     ratio_interval,
+    target_verdict,
     time_alternating,
     write_table,
 )
@@ -121,16 +122,20 @@ def test_ratio_interval_is_a_point_without_spread_and_rejects_bad_input():
         ratio_interval(b, np.array([0.2, np.nan, 0.25, 0.4]))
 
 
-def test_step_time_verdict_says_when_the_target_is_within_noise():
-    from benchmarks.step_time import target_verdict
-
-    assert target_verdict(0.7, 0.65, 0.75) == "yes"
-    assert target_verdict(0.78, 0.7, 0.85) == "yes, within noise"
-    assert target_verdict(0.82, 0.75, 0.9) == "no, within noise"
-    assert target_verdict(0.9, 0.85, 0.95) == "no"
-    assert target_verdict(0.8, 0.8, 0.8) == "yes"  # the target itself meets it
+def test_target_verdict_says_when_the_target_is_within_noise():
+    assert target_verdict(0.7, 0.65, 0.75, 0.8) == "yes"
+    assert target_verdict(0.78, 0.7, 0.85, 0.8) == "yes, within noise"
+    assert target_verdict(0.82, 0.75, 0.9, 0.8) == "no, within noise"
+    assert target_verdict(0.9, 0.85, 0.95, 0.8) == "no"
+    assert target_verdict(0.8, 0.8, 0.8, 0.8) == "yes"  # the target itself meets it
+    # Throughput ratios: at least the target.
+    assert target_verdict(7.0, 6.0, 8.0, 5.0, higher_is_better=True) == "yes"
+    assert target_verdict(5.5, 4.5, 6.0, 5.0, higher_is_better=True) == "yes, within noise"
+    assert target_verdict(4.8, 4.0, 5.5, 5.0, higher_is_better=True) == "no, within noise"
+    assert target_verdict(4.0, 3.5, 4.5, 5.0, higher_is_better=True) == "no"
+    assert target_verdict(5.0, 5.0, 5.0, 5.0, higher_is_better=True) == "yes"
     with pytest.raises(ValueError, match="outside"):
-        target_verdict(0.9, 0.6, 0.7)
+        target_verdict(0.9, 0.6, 0.7, 0.8)
 
 
 def test_step_time_row_reports_ratio_interval_and_roofline():

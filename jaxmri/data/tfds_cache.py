@@ -5,7 +5,8 @@
 through ``builder.as_data_source(split=...)`` (a sequence of example dicts of numpy arrays), and
 this path needs no TensorFlow: with tensorflow-datasets 4.9.10 building, writing and reading
 array_record files go through ``array_record`` and numpy only (TensorFlow is not installed where
-the tests run). Two details of TFDS shape the code:
+the tests run). :func:`read_slices` reads one random-access batch (a training step's slices),
+:func:`cached_slices` a whole split. Two details of TFDS shape the code:
 
 * TFDS does not encode complex tensors without TensorFlow, so fastMRI ``kspace`` ``(C, S, S)``
   complex64 is stored as ``(C, S, S, 2)`` float32 (real, imaginary) and turned back by
@@ -43,6 +44,7 @@ __all__ = [
     "slice_config",
     "prepare_slice_cache",
     "records_to_slices",
+    "read_slices",
     "cached_slices",
 ]
 
@@ -188,6 +190,32 @@ def records_to_slices(records: Sequence[dict]) -> dict[str, np.ndarray]:
     if "kspace" in out:
         out["kspace"] = (out["kspace"][..., 0] + 1j * out["kspace"][..., 1]).astype(np.complex64)
     return out
+
+
+def read_slices(source: Sequence[dict], indices: Sequence[int]) -> dict[str, np.ndarray]:
+    """One random-access batch: the slices dict of records ``indices`` of a data source.
+
+    Args:
+      source: ``builder.as_data_source(split=...)`` of a :func:`prepare_slice_cache` builder.
+      indices: 1-D integers in ``[0, len(source))``; the batch keeps their order (repeats allowed).
+
+    Returns:
+      As :func:`records_to_slices`, leading axis ``len(indices)``.
+
+    Reads record by record (``source[i]``): array_record's batched ``__getitems__`` starts a
+    thread pool on every call, which costs more than it saves for one training batch from a
+    cache the OS already holds in memory (16 slices of 64 px: 3.8 -> 3.3 ms per batch, most of
+    which is TFDS decoding each example).
+    """
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"indices must be a non-empty 1-D sequence of integers, got shape "
+                         f"{idx.shape} and dtype {idx.dtype}")
+    n = len(source)
+    bad = idx[(idx < 0) | (idx >= n)]
+    if bad.size:
+        raise IndexError(f"record indices {bad[:5].tolist()} are outside [0, {n}) of this split")
+    return records_to_slices([source[int(i)] for i in idx])
 
 
 def cached_slices(

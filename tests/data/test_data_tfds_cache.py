@@ -56,6 +56,18 @@ def test_cache_is_prepared_once_and_reused(tmp_path, counted):
     source = builder.as_data_source(split="train")
     direct = load_slices(nii, image_size=16, split="train", **OPTIONS)
     np.testing.assert_array_equal(source[5]["image"], direct["image"][5])
+    # A random-access batch keeps the order of its indices (repeats allowed).
+    picked = np.array([7, 2, 7, 0, len(source) - 1])
+    batch = tfds_cache.read_slices(source, picked)
+    for key in direct:
+        assert batch[key].dtype == direct[key].dtype
+        np.testing.assert_array_equal(batch[key], direct[key][picked])
+    with pytest.raises(IndexError, match=r"\[-1, 9999\] are outside"):
+        tfds_cache.read_slices(source, [0, -1, 9999])
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        tfds_cache.read_slices(source, [])
+    with pytest.raises(ValueError, match="integers"):
+        tfds_cache.read_slices(source, [0.5])
     assert "tensorflow" not in sys.modules
 
 
