@@ -243,3 +243,27 @@ def test_step_time_ratio_plot_draws_each_interval_around_its_ratio(tmp_path):
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="inside"):
         save_ratio_plot(tmp_path / "bad.png", ["a"], [0.9], [(0.6, 0.7)], title="t")
+
+
+def test_input_pipeline_row_times_delivery_against_the_step_in_turns():
+    from types import SimpleNamespace
+
+    from benchmarks.input_pipeline import pipeline_row
+
+    steps_seen = []
+
+    def batch_fn(step):
+        steps_seen.append(step)
+        time.sleep(0.002)
+        return {"x": np.zeros((4, 3), np.float32)}
+
+    case = SimpleNamespace(name="c", batch_size=4, jax_step=lambda: time.sleep(0.012))
+    row = pipeline_row("p", case, batch_fn, repeats=4, warmup=1, window=0.03)
+    # The step takes 6x as long as a batch (plus the small shard + device_put of the batch).
+    assert row["delivered / consumed"] == pytest.approx(6.0, rel=0.35)
+    assert row["consumed samples/s"] == pytest.approx(4 / 0.012, rel=0.25)
+    low, high = map(float, row["90% interval"].split("-"))
+    assert low <= round(row["delivered / consumed"], 2) <= high
+    assert row["meets 5x"] in ("yes", "yes, within noise", "no, within noise")
+    # Every delivery asked for a fresh step's batch.
+    assert steps_seen == list(range(len(steps_seen))) and len(steps_seen) > 4 * 3
