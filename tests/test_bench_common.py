@@ -70,7 +70,7 @@ def test_time_alternating_times_the_mean_call_of_a_window():
     # warm-up 1 + calibration 1 + 3 turns of n calls, n = ceil(0.03 / t) with t >= 4 ms
     n = (len(calls) - 2) / 3
     assert n == int(n) and 1 <= n <= 8, len(calls)
-    assert all(0.004 <= t < 0.015 for t in times["a"]), times  # per call, not the 30 ms window
+    assert all(0.004 <= t < 0.025 for t in times["a"]), times  # per call, not the >= 30 ms window
     # The per-call mean of a window is the window's wall time over n.
     starts = calls[2:]
     first_turn = starts[int(n)] - starts[0]
@@ -257,13 +257,16 @@ def test_input_pipeline_row_times_delivery_against_the_step_in_turns():
         time.sleep(0.002)
         return {"x": np.zeros((4, 3), np.float32)}
 
-    case = SimpleNamespace(name="c", batch_size=4, jax_step=lambda: time.sleep(0.012))
+    case = SimpleNamespace(name="c", batch_size=4, jax_step=lambda: time.sleep(0.024))
     row = pipeline_row("p", case, batch_fn, repeats=4, warmup=1, window=0.03)
-    # The step takes 6x as long as a batch (plus the small shard + device_put of the batch).
-    assert row["delivered / consumed"] == pytest.approx(6.0, rel=0.35)
-    assert row["consumed samples/s"] == pytest.approx(4 / 0.012, rel=0.25)
+    # The step takes 12x as long as making a batch; the batch's shard + device_put and sleeps
+    # that overrun on a loaded machine can only lower the ratio, by a bounded amount.
+    assert 6.0 <= row["delivered / consumed"] <= 12.5, row
+    assert row["consumed samples/s"] == pytest.approx(4 / 0.024, rel=0.25)
+    assert row["delivered samples/s"] == pytest.approx(
+        row["delivered / consumed"] * row["consumed samples/s"], rel=1e-9)
     low, high = map(float, row["90% interval"].split("-"))
     assert low <= round(row["delivered / consumed"], 2) <= high
-    assert row["meets 5x"] in ("yes", "yes, within noise", "no, within noise")
+    assert row["meets 5x"] == "yes", row  # the whole interval is far above 5
     # Every delivery asked for a fresh step's batch.
     assert steps_seen == list(range(len(steps_seen))) and len(steps_seen) > 4 * 3
