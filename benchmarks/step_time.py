@@ -106,10 +106,12 @@ def save_ratio_plot(path, labels: list[str], ratios: list[float],
     ax.axvline(1.0, color="0.6", linewidth=1, label="PyTorch eager")
     ax.set_yticks(y, labels)
     ax.set_xlabel("JAX / PyTorch step time (90 % interval; < 1: JAX faster)")
+    ax.set_xlim(0.0, max(1.05, float(bounds[:, 1].max()) + 0.05))
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    # Below the axes, so that it never hides a bar.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return errors
 
