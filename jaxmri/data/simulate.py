@@ -38,6 +38,7 @@ the inverse FFT of i.i.d. complex Gaussian coefficients on the k-space disc of r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -94,6 +95,15 @@ def _phases_from_coefficients(coef: np.ndarray, max_phase: float) -> np.ndarray:
     peak = np.max(np.abs(field), axis=(-2, -1), keepdims=True)
     safe = np.where(peak == 0, 1.0, peak)
     return np.where(peak == 0, 0.0, max_phase * field / safe).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _coil_maps(shape: tuple[int, int], num_coils: int) -> np.ndarray:
+    # Deterministic in (shape, num_coils) and needed by every batch (0.3 ms at 48 px, 4 % of a
+    # RecNet batch): computed once, read-only so that no caller can change the cached copy.
+    maps = simulate_coil_maps(shape, num_coils)
+    maps.setflags(write=False)
+    return maps
 
 
 def _check_batch(x: np.ndarray, name: str, ndim: int) -> np.ndarray:
@@ -181,7 +191,9 @@ def simulate_acquisition(
         raise ValueError(f"seed must be a non-negative int, got {seed}")
     n, height, width = images.shape
     ids = _slice_ids(slice_index, n)
-    maps = simulate_coil_maps((height, width), num_coils)
+    maps = (_coil_maps((height, width), int(num_coils))
+            if isinstance(num_coils, (int, np.integer)) and num_coils >= 1
+            else simulate_coil_maps((height, width), num_coils))  # validates, names the problem
     coefs, noises, mask_seeds = [], [], []
     for i in ids:
         phase_ss, noise_ss, mask_ss = slice_seed_sequences(seed, i)

@@ -17,7 +17,7 @@ from jaxmri.data.simulate import (
 )
 from jaxmri.physics.fft import fft2c, ifft2c
 from jaxmri.physics.masks import random_column_mask
-from jaxmri.physics.sense import rss, sense_adjoint
+from jaxmri.physics.sense import rss, sense_adjoint, simulate_coil_maps
 
 MASK = functools.partial(random_column_mask, center_fraction=0.125, acceleration=4)
 
@@ -151,6 +151,18 @@ def test_acquire_slices_dispatches_and_passes_labels(images, rng):
     np.testing.assert_array_equal(measured["kspace"][0], kspace[2] * measured["mask"][0])
 
 
+def test_coil_maps_are_reused_but_never_shared_writable(images):
+    """The coil maps are computed once per (shape, coils); a caller editing its result cannot
+    change the next batch's."""
+    first = simulate_acquisition(images, mask_fn=MASK, seed=0, num_coils=3)
+    first["maps"][:] = 0
+    second = simulate_acquisition(images, mask_fn=MASK, seed=0, num_coils=3)
+    expected = simulate_coil_maps(images.shape[1:], 3)
+    for maps in second["maps"]:
+        np.testing.assert_array_equal(maps, expected)
+    assert second["maps"].flags.writeable
+
+
 @pytest.mark.parametrize(
     "args, error, match",
     [
@@ -162,6 +174,7 @@ def test_acquire_slices_dispatches_and_passes_labels(images, rng):
         (dict(seed=-1), ValueError, "seed must be"),
         (dict(mask_fn=lambda rng, shape: (np.ones((4, 4)), 1.0)), ValueError, "mask_fn must"),
         (dict(num_coils=0), ValueError, "num_coils"),
+        (dict(num_coils=2.5), ValueError, "num_coils"),
     ],
 )
 def test_simulate_bad_input(args, error, match):
