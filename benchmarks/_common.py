@@ -156,7 +156,9 @@ def ratio_interval(numerator: Sequence[float], denominator: Sequence[float], *,
     :func:`time_alternating` run; turn ``i`` of both ran under the same machine load, so turns
     are resampled in pairs (``scipy.stats.bootstrap``, ``paired=True``, percentile method).
     Returns ``(low, high)`` of the two-sided ``confidence`` interval: how far the ratio of one
-    run could move if the run were repeated on the same machine.
+    run could move if the run were repeated on the same machine. The interval is widened to
+    hold the measured ratio itself if needed (a percentile interval of a median of a few values,
+    a discrete statistic, can end just short of it).
     """
     from scipy import stats
 
@@ -173,7 +175,9 @@ def ratio_interval(numerator: Sequence[float], denominator: Sequence[float], *,
         (a, b), lambda x, y, axis=-1: np.median(x, axis=axis) / np.median(y, axis=axis),
         paired=True, vectorized=True, confidence_level=confidence, n_resamples=resamples,
         method="percentile", random_state=np.random.default_rng(seed))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    ratio = float(np.median(a) / np.median(b))
+    return (min(float(result.confidence_interval.low), ratio),
+            max(float(result.confidence_interval.high), ratio))
 
 
 def target_verdict(value: float, low: float, high: float, target: float, *,

@@ -123,8 +123,6 @@ def case_row(case, times: dict[str, list[float]], peak_gflops: float) -> dict:
     ratio = None if torch_s is None else jax_s / torch_s
     low, high = ((None, None) if torch_s is None
                  else ratio_interval(times["JAX"], times["PyTorch"]))
-    if ratio is not None:  # the percentile interval of a median can end exactly at the ratio
-        low, high = min(low, ratio), max(high, ratio)
     gflop = case.jax_flops / 1e9
     row = {
         "method": case.name,

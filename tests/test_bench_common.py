@@ -97,6 +97,18 @@ def test_ratio_interval_matches_a_plain_paired_bootstrap_and_covers_the_truth():
     ref_low, ref_high = _numpy_paired_bootstrap(a, b, resamples=20000, confidence=0.9, seed=1)
     assert low == pytest.approx(ref_low, abs=0.015) and high == pytest.approx(ref_high, abs=0.015)
     assert low <= np.median(a) / np.median(b) <= high
+    # The interval is widened to hold the measured ratio if the percentile interval misses it.
+    from types import SimpleNamespace
+
+    from scipy import stats
+
+    def missing(*args, **kwargs):
+        return SimpleNamespace(confidence_interval=SimpleNamespace(low=0.9, high=1.0))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stats, "bootstrap", missing)
+        # Turn ratios 0.5, 0.5, 0.6 (not all equal, so the bootstrap runs); medians 2 / 4.
+        assert ratio_interval([1.0, 2.0, 3.0], [2.0, 4.0, 5.0]) == (0.5, 1.0)
     # Unpaired resampling would mix loads of different turns and give a much wider interval.
     assert high - low < 0.5 * (np.percentile(a, 90) / np.percentile(b, 10)
                                - np.percentile(a, 10) / np.percentile(b, 90))
