@@ -154,15 +154,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                  warmup=args.warmup, window=args.window))
         cases.append(case)
     # The TFDS cache feeds the same consumers; it is timed against the fastest one.
-    fastest = max(range(len(rows)), key=lambda i: rows[i]["consumed samples/s"])
+    _, fastest = max(zip(rows, cases), key=lambda pair: pair[0]["consumed samples/s"])
     from jaxmri.data.tfds_cache import prepare_slice_cache
 
     with tempfile.TemporaryDirectory() as data_dir:
         source = prepare_slice_cache(None, image_size=64,
                                      data_dir=data_dir).as_data_source(split="train")
         rows.append(pipeline_row(
-            "TFDS slice cache, random access (64 px)", cases[fastest],
-            tfds_batch_fn(source, batch_size=cases[fastest].batch_size),
+            "TFDS slice cache, random access (64 px)", fastest,
+            tfds_batch_fn(source, batch_size=fastest.batch_size),
             repeats=args.repeats, warmup=args.warmup, window=args.window))
     title = (f"Input pipeline vs train step ({'paper' if args.paper else 'cpu'} presets, "
              f"median of {args.repeats} alternating turns of >= {args.window:g} s each, "
