@@ -27,6 +27,10 @@ keys are functions of the step, a resumed run reproduces the uninterrupted traje
 Logged train metrics carry the step reached (``s + 1``), evaluations the step they evaluated.
 The metrics of every step are copied to the host to check them for NaN before the next step is
 dispatched (a few scalars; the price of naming the exact step and keeping the state before it).
+While a step runs (dispatch is asynchronous), the host already builds the next step's batch, so
+the host's data work (e.g. simulating an acquisition) overlaps the step instead of adding to it;
+an error from ``batch_fn`` is raised once the step in flight has completed and been kept, and
+after the steps this run completed are checkpointed (a note on the error names the checkpoint).
 
 Multi-host: every process calls :func:`fit` with the same arguments; each takes its contiguous
 share of the global batch (``process_index``-th slice) and feeds its ``jax.local_devices()``;
@@ -444,6 +448,9 @@ def fit(
       NonFiniteLossError: a metric of step ``s`` was NaN or infinite; the state before that
         update is checkpointed (as step ``s - 1``) and named in the message.
       ReplicaDivergenceError: the replicas differ at a checkpoint (``train_step`` forgot a pmean).
+      Exception: whatever ``batch_fn`` (or sharding its batch) raised for step ``s``; if this
+        run completed steps before it, the state after ``s`` steps is checkpointed first and a
+        note on the exception names the checkpoint.
     """
     num_steps = _check_int(num_steps, "num_steps", minimum=0)
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", minimum=1)
@@ -499,6 +506,18 @@ def fit(
     return final
 
 
+def _prepare_batch(batch_fn: Callable[[int], PyTree], step: int,
+                   n_local: int) -> tuple[PyTree | None, BaseException | None]:
+    """``(sharded batch of step, None)``, or ``(None, error)`` with what ``batch_fn`` or
+    :func:`shard_batch` raised (``KeyboardInterrupt`` included). The loop raises the error when
+    it needs that batch, so a step that was in flight while it was built still completes and is
+    kept (and an interrupt saves it) exactly as if the batch had been built afterwards."""
+    try:
+        return shard_batch(batch_fn(step), num_local_devices=n_local), None
+    except BaseException as error:  # noqa: BLE001 - re-raised by the loop, see above
+        return None, error
+
+
 def _train(
     *,
     train_step,
@@ -529,10 +548,22 @@ def _train(
 
     with _sigint_as_flag() as sigint_pressed:
         try:
+            pending = _prepare_batch(batch_fn, start, n_local)
             for step in range(start, num_steps):
-                batch = shard_batch(batch_fn(step), num_local_devices=n_local)
+                batch, error = pending
+                if error is not None:
+                    if current > start and not isinstance(error, KeyboardInterrupt):
+                        # A batch that cannot be built (a corrupt file) must not cost the
+                        # steps done since the last checkpoint. (An interrupt saves below.)
+                        path = save(current, rstate)
+                        error.add_note(f"fit: batch_fn({step}) failed; the state after "
+                                       f"{current} steps is checkpointed at {path} and a "
+                                       f"rerun resumes from it")
+                    raise error
                 stop = np.full((n_local,), int(sigint_pressed()), np.int32)
                 new_rstate, pmetrics, stop_any = pstep(rstate, batch, key, step, stop)
+                if step + 1 < num_steps:  # on the host, while the step runs
+                    pending = _prepare_batch(batch_fn, step + 1, n_local)
                 metrics = {k: float(v) for k, v in unreplicate(pmetrics).items()}
                 if not all(math.isfinite(v) for v in metrics.values()):
                     path = save(step, rstate)

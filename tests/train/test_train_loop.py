@@ -272,6 +272,43 @@ def test_interrupt_saves_and_resume_reproduces_trajectory(uninterrupted, tmp_pat
     assert train_losses(tmp_path) == losses
 
 
+def test_next_batch_is_built_while_the_step_runs(tmp_path):
+    # batch_fn(s) is called after step s - 1 is dispatched but before its metrics are checked
+    # and logged: the log then holds s - 1 records (a loop that built the batch afterwards
+    # would find s).
+    records_seen = {}
+
+    def recording_batch_fn(step):
+        log = tmp_path / "metrics.jsonl"
+        records_seen[step] = len(log.read_text().splitlines()) if log.exists() else 0
+        return batch_fn(step)
+
+    run(tmp_path, batch_fn=recording_batch_fn)
+    assert records_seen == {s: max(s - 1, 0) for s in range(NUM_STEPS)}
+
+
+def test_data_error_checkpoints_completed_steps_then_resume_matches(uninterrupted, tmp_path):
+    def corrupt_at_3(step):
+        if step == 3:
+            raise OSError("slice 17 of train.h5 is corrupt")
+        return batch_fn(step)
+
+    with pytest.raises(OSError, match="corrupt") as info:
+        run(tmp_path, batch_fn=corrupt_at_3)
+    # Step 2 was in flight while batch 3 failed: it still completed, was logged and is kept.
+    assert len(train_losses(tmp_path)) == 3
+    assert (tmp_path / "checkpoints" / "3" / "state").is_dir()
+    assert any("checkpoints/3" in note and "batch_fn(3)" in note for note in info.value.__notes__)
+    resumed = run(tmp_path, resume=True)  # the data fixed
+    state, losses = uninterrupted
+    assert_trees_equal(resumed.params, state.params)
+    assert train_losses(tmp_path) == losses
+    # A run that fails before completing any step has nothing to keep and saves nothing.
+    with pytest.raises(OSError, match="corrupt"):
+        run(tmp_path / "first", batch_fn=lambda step: corrupt_at_3(3))
+    assert not any((tmp_path / "first" / "checkpoints").iterdir())
+
+
 def test_keep_last_checkpoints_and_automatic_resume(uninterrupted, tmp_path):
     run(tmp_path, num_steps=4, checkpoint_every=1, keep_checkpoints=2)
     checkpoints = tmp_path / "checkpoints"
