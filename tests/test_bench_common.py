@@ -21,7 +21,7 @@ from benchmarks._common import (
     write_table,
 )
 from benchmarks.pmap import parameter_disagreement
-from jaxmri.train import apply_mean_gradients, create_train_state
+from jaxmri.train import apply_mean_gradients, create_train_state, pmean_tree
 
 
 def test_time_alternating_interleaves_after_warmup():
@@ -282,3 +282,50 @@ def test_input_pipeline_row_times_delivery_against_the_step_in_turns():
     assert row["meets 5x"] == "yes", row  # the whole interval is far above 5
     # Every delivery asked for a fresh step's batch.
     assert steps_seen == list(range(len(steps_seen))) and len(steps_seen) > 4 * 3
+
+
+def _sum_step(state, batch, key):
+    # A pure step that costs almost nothing: the loop's own time per update dominates.
+    return {"count": state["count"] + 1}, {"loss": pmean_tree(jnp.mean(batch["x"]))}
+
+
+def test_fit_step_time_is_the_loops_time_per_update():
+    from benchmarks.input_pipeline import fit_step_time
+
+    def slow_batches(step):
+        time.sleep(0.03)
+        return {"x": np.full((2, 3), step, np.float32)}
+
+    per_step = fit_step_time(_sum_step, {"count": jnp.zeros((), jnp.int32)}, slow_batches,
+                             steps=6)
+    # Every update waits for a 30 ms batch; fit's start and final checkpoint (hundreds of ms)
+    # are left out, so the time is one update's, not the run's or a share of it.
+    assert 0.03 <= per_step < 0.03 * 6, per_step
+    with pytest.raises(ValueError, match="steps must be >= 3"):
+        fit_step_time(_sum_step, {"count": jnp.zeros((), jnp.int32)}, slow_batches, steps=2)
+
+
+def test_fit_slowdown_compares_the_data_path_with_a_fixed_batch():
+    from benchmarks.input_pipeline import DataPath, fit_slowdown
+
+    calls = []
+
+    def slow_batches(step):
+        calls.append(step)
+        time.sleep(0.03)
+        return {"x": np.full((2, 3), step, np.float32)}
+
+    path = DataPath(slow_batches, case=None, train_step=_sum_step,
+                    state={"count": jnp.zeros((), jnp.int32)})
+    row = fit_slowdown(path, steps=5, repeats=3)
+    data_ms, fixed_ms = map(float, row["fit ms/step, data path / fixed batch"].split(" / "))
+    ratio, interval = row["fit slowdown"].split(" ")
+    low, high = map(float, interval.strip("()").split("-"))
+    # The data arm waits >= 30 ms per update; the fixed arm builds no batch at all (the loop
+    # of a step this small takes a few ms even on a loaded machine).
+    assert data_ms >= 30.0 and fixed_ms < data_ms / 2, row
+    assert float(ratio) == pytest.approx(data_ms / fixed_ms, rel=0.02)  # 3 digits each
+    assert low <= float(ratio) <= high
+    # Only the data arm asks for batches (one warm-up run of 3 steps, 3 timed runs of 5); the
+    # fixed arm reuses the one batch_fn(0) made up front.
+    assert len(calls) == 1 + 3 + 3 * 5 and max(calls) == 4
