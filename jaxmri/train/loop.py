@@ -30,7 +30,8 @@ dispatched (a few scalars; the price of naming the exact step and keeping the st
 While a step runs (dispatch is asynchronous), the host already builds the next step's batch, so
 the host's data work (e.g. simulating an acquisition) overlaps the step instead of adding to it;
 an error from ``batch_fn`` is raised once the step in flight has completed and been kept, and
-after the steps this run completed are checkpointed (a note on the error names the checkpoint).
+after the steps this run completed are checkpointed (single-process runs; a note on the error
+names the checkpoint).
 
 Multi-host: every process calls :func:`fit` with the same arguments; each takes its contiguous
 share of the global batch (``process_index``-th slice) and feeds its ``jax.local_devices()``;
@@ -449,8 +450,8 @@ def fit(
         update is checkpointed (as step ``s - 1``) and named in the message.
       ReplicaDivergenceError: the replicas differ at a checkpoint (``train_step`` forgot a pmean).
       Exception: whatever ``batch_fn`` (or sharding its batch) raised for step ``s``; if this
-        run completed steps before it, the state after ``s`` steps is checkpointed first and a
-        note on the exception names the checkpoint.
+        run completed steps before it (and is a single process), the state after ``s`` steps
+        is checkpointed first and a note on the exception names the checkpoint.
     """
     num_steps = _check_int(num_steps, "num_steps", minimum=0)
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", minimum=1)
@@ -506,6 +507,10 @@ def fit(
     return final
 
 
+def _single_process() -> bool:
+    return jax.process_count() == 1
+
+
 def _prepare_batch(batch_fn: Callable[[int], PyTree], step: int,
                    n_local: int) -> tuple[PyTree | None, BaseException | None]:
     """``(sharded batch of step, None)``, or ``(None, error)`` with what ``batch_fn`` or
@@ -552,9 +557,11 @@ def _train(
             for step in range(start, num_steps):
                 batch, error = pending
                 if error is not None:
-                    if current > start and not isinstance(error, KeyboardInterrupt):
+                    if (current > start and _single_process()
+                            and not isinstance(error, KeyboardInterrupt)):
                         # A batch that cannot be built (a corrupt file) must not cost the
-                        # steps done since the last checkpoint. (An interrupt saves below.)
+                        # steps done since the last checkpoint. (An interrupt saves below. With
+                        # several processes the others would not join the save: no save.)
                         path = save(current, rstate)
                         error.add_note(f"fit: batch_fn({step}) failed; the state after "
                                        f"{current} steps is checkpointed at {path} and a "

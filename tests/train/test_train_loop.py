@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxmri.train import loop
 from jaxmri.train.loop import (
     AXIS_NAME,
     NonFiniteLossError,
@@ -307,6 +308,21 @@ def test_data_error_checkpoints_completed_steps_then_resume_matches(uninterrupte
     with pytest.raises(OSError, match="corrupt"):
         run(tmp_path / "first", batch_fn=lambda step: corrupt_at_3(3))
     assert not any((tmp_path / "first" / "checkpoints").iterdir())
+
+
+def test_data_error_with_several_processes_raises_without_a_save(tmp_path, monkeypatch):
+    # The other processes would not join the save (they wait in the next step's collectives).
+    monkeypatch.setattr(loop, "_single_process", lambda: False)
+
+    def corrupt_at_3(step):
+        if step == 3:
+            raise OSError("slice 17 of train.h5 is corrupt")
+        return batch_fn(step)
+
+    with pytest.raises(OSError, match="corrupt") as info:
+        run(tmp_path, batch_fn=corrupt_at_3)
+    assert not any((tmp_path / "checkpoints").iterdir())
+    assert not getattr(info.value, "__notes__", [])
 
 
 def test_keep_last_checkpoints_and_automatic_resume(uninterrupted, tmp_path):
