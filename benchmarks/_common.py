@@ -358,6 +358,51 @@ def write_table(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike, name:
     return table
 
 
+def save_interval_plot(path: str | os.PathLike, labels: Sequence[str], values: Sequence[float],
+                       intervals: Sequence[tuple[float, float]], *, target: float,
+                       higher_is_better: bool = False, xlabel: str, title: str,
+                       reference: tuple[float, str] | None = None) -> np.ndarray:
+    """Horizontal bars of measured values with their intervals as error bars and the target as a
+    dashed line (optionally a grey ``(x, label)`` reference line), saved as PNG.
+
+    A bar is green when its whole interval meets the target, orange when only the value does,
+    red when the value misses it (as :func:`target_verdict` reads them). Returns the ``(2, n)``
+    error-bar lengths drawn (below and above each value); ``ValueError`` if a value lies
+    outside its interval.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values_arr = np.asarray(values, np.float64)
+    bounds = np.asarray(intervals, np.float64).reshape(-1, 2)
+    errors = np.stack([values_arr - bounds[:, 0], bounds[:, 1] - values_arr])
+    if np.any(errors < 0):
+        raise ValueError("every value must lie inside its interval")
+    verdicts = [target_verdict(v, lo, hi, target, higher_is_better=higher_is_better)
+                for v, (lo, hi) in zip(values_arr, bounds)]
+    colors = ["tab:green" if v == "yes" else "tab:orange" if v.startswith("yes") else "tab:red"
+              for v in verdicts]
+    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(labels) + 1.6), layout="constrained")
+    y = np.arange(len(labels))[::-1]
+    ax.barh(y, values_arr, xerr=errors, color=colors, capsize=3)
+    ax.axvline(target, color="k", linestyle="--", linewidth=1, label=f"target {target:g}")
+    right = max(target, float(bounds[:, 1].max()))
+    if reference is not None:
+        ax.axvline(reference[0], color="0.6", linewidth=1, label=reference[1])
+        right = max(right, reference[0])
+    ax.set_yticks(y, labels)
+    ax.set_xlabel(xlabel)
+    ax.set_xlim(0.0, 1.05 * right)
+    ax.set_title(title)
+    # Below the axes and their label, so that it never hides a bar.
+    fig.legend(loc="outside lower center", ncol=2, frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return errors
+
+
 def save_bar_plot(path: str | os.PathLike, labels: Sequence[str],
                   series: Mapping[str, Sequence[float]], *, ylabel: str, title: str,
                   log: bool = False) -> None:

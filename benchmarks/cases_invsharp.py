@@ -41,7 +41,7 @@ import numpy as np
 
 from benchmarks._common import StepCase, count_params, jax_case
 
-__all__ = ["cases", "invsharp_batch"]
+__all__ = ["cases", "invsharp_batch", "preset_cases"]
 
 # The names of the rows cases() builds (step_time --only skips modules without a match).
 CASE_NAMES = ('InvSharpNet backward', 'InvSharpNet forward refinement')
@@ -132,7 +132,12 @@ def cases(*, paper: bool = False, with_torch: bool = True) -> list[StepCase]:
     """
     from experiments.invsharp import PRESETS
 
-    preset = PRESETS["paper" if paper else "cpu"]
+    return preset_cases(PRESETS["paper" if paper else "cpu"], with_torch=with_torch)
+
+
+def preset_cases(preset: Any, *, with_torch: bool = True) -> list[StepCase]:
+    """:func:`cases` for any ``experiments.invsharp.Preset`` (e.g. the paper's network at the
+    cpu preset's image size and batch, as :mod:`benchmarks.roofline` builds it)."""
     batch = invsharp_batch(preset, preset.batch_size)
     return [_case("InvSharpNet backward", preset, "back", batch, with_torch),
             _case("InvSharpNet forward refinement", preset, "forward", batch, with_torch)]

@@ -41,6 +41,7 @@ from benchmarks._common import (
     median,
     ratio_interval,
     save_bar_plot,
+    save_interval_plot,
     target_verdict,
     time_alternating,
     write_table,
@@ -84,36 +85,11 @@ def torch_matmul_gflops(*, size: int = 2048, repeats: int = 5) -> float:
 def save_ratio_plot(path, labels: list[str], ratios: list[float],
                     intervals: list[tuple[float, float]], *, target: float = TARGET_RATIO,
                     title: str) -> np.ndarray:
-    """Horizontal bars of JAX/PyTorch per method with their interval as error bars and the
-    target as a dashed line, saved as PNG. Returns the ``(2, n)`` error-bar lengths drawn
-    (below and above each ratio)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ratios_arr = np.asarray(ratios, np.float64)
-    bounds = np.asarray(intervals, np.float64).reshape(-1, 2)
-    errors = np.stack([ratios_arr - bounds[:, 0], bounds[:, 1] - ratios_arr])
-    if np.any(errors < 0):
-        raise ValueError("every ratio must lie inside its interval")
-    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(labels) + 1.4))
-    y = np.arange(len(labels))[::-1]
-    colors = ["tab:green" if hi <= target else "tab:orange" if r <= target else "tab:red"
-              for r, (_, hi) in zip(ratios_arr, bounds)]
-    ax.barh(y, ratios_arr, xerr=errors, color=colors, capsize=3)
-    ax.axvline(target, color="k", linestyle="--", linewidth=1, label=f"target {target:g}")
-    ax.axvline(1.0, color="0.6", linewidth=1, label="PyTorch eager")
-    ax.set_yticks(y, labels)
-    ax.set_xlabel("JAX / PyTorch step time (90 % interval; < 1: JAX faster)")
-    ax.set_xlim(0.0, max(1.05, float(bounds[:, 1].max()) + 0.05))
-    ax.set_title(title)
-    # Below the axes, so that it never hides a bar.
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return errors
+    """JAX/PyTorch per method with its interval against the target and PyTorch's 1.0, as PNG
+    (:func:`benchmarks._common.save_interval_plot`); returns the error-bar lengths drawn."""
+    return save_interval_plot(path, labels, ratios, intervals, target=target,
+                              xlabel="JAX / PyTorch step time (90 % interval; < 1: JAX faster)",
+                              reference=(1.0, "PyTorch eager"), title=title)
 
 
 def case_row(case, times: dict[str, list[float]], peak_gflops: float) -> dict:

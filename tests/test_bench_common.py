@@ -329,3 +329,50 @@ def test_fit_slowdown_compares_the_data_path_with_a_fixed_batch():
     # Only the data arm asks for batches (one warm-up run of 3 steps, 3 timed runs of 5); the
     # fixed arm reuses the one batch_fn(0) made up front.
     assert len(calls) == 1 + 3 + 3 * 5 and max(calls) == 4
+
+
+def test_roofline_row_is_the_steps_share_of_the_matmul_measured_in_turns():
+    from types import SimpleNamespace
+
+    from benchmarks.roofline import roofline_row
+
+    def case(flops):
+        return SimpleNamespace(name="s", batch_size=4, image_size=48, jax_params=10,
+                               jax_flops=flops, jax_step=lambda: time.sleep(0.02))
+
+    def matmul():
+        time.sleep(0.01)
+
+    # The step does 4e9 FLOPs in 20 ms (200 GFLOP/s), the matmul 1e9 in 10 ms (100): 200 %.
+    # Sleeps overrun by a bounded amount under load, both alike.
+    row = roofline_row("n", case(4e9), matmul, 1e9, repeats=4, warmup=1, window=0.03)
+    assert 130 <= row["% of matmul"] <= 300, row
+    assert row["% of matmul"] == pytest.approx(
+        100 * row["GFLOP/s"] / row["matmul GFLOP/s"], rel=1e-9)
+    low, high = row["_interval"]
+    assert low <= row["% of matmul"] <= high and row["meets 40 %"] == "yes"
+    # 1e8 FLOPs per 20 ms is 5 % of the matmul: far below the target.
+    assert roofline_row("n", case(1e8), matmul, 1e9, repeats=4, warmup=1,
+                        window=0.03)["meets 40 %"] == "no"
+
+
+def test_roofline_paper_width_is_the_paper_network_at_the_cpu_sizes():
+    from benchmarks.roofline import _networks
+    from experiments.invsharp import PRESETS
+
+    (cpu_label, cpu), (paper_label, paper_width) = _networks(False)
+    assert cpu == PRESETS["cpu"] and cpu_label == "cpu 4 x 5 x 32"
+    assert paper_width.network == PRESETS["paper"].network and paper_label == "paper 12 x 5 x 128"
+    assert (paper_width.image_size, paper_width.batch_size) == (cpu.image_size, cpu.batch_size)
+    assert _networks(True) == [("paper 12 x 5 x 128", PRESETS["paper"])]
+
+
+def test_interval_plot_reads_targets_either_way(tmp_path):
+    from benchmarks._common import save_interval_plot
+
+    errors = save_interval_plot(tmp_path / "p.png", ["a", "b"], [50.0, 30.0],
+                                [(45.0, 60.0), (20.0, 45.0)], target=40.0,
+                                higher_is_better=True, xlabel="%", title="t",
+                                reference=(100.0, "matmul"))
+    np.testing.assert_allclose(errors, [[5.0, 10.0], [10.0, 15.0]])
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
