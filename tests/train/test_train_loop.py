@@ -288,12 +288,14 @@ def test_next_batch_is_built_while_the_step_runs(tmp_path):
     assert records_seen == {s: max(s - 1, 0) for s in range(NUM_STEPS)}
 
 
-def test_data_error_checkpoints_completed_steps_then_resume_matches(uninterrupted, tmp_path):
-    def corrupt_at_3(step):
-        if step == 3:
-            raise OSError("slice 17 of train.h5 is corrupt")
-        return batch_fn(step)
+def corrupt_at_3(step):
+    """``batch_fn`` whose batch 3 cannot be built (as a corrupt file would do)."""
+    if step == 3:
+        raise OSError("slice 17 of train.h5 is corrupt")
+    return batch_fn(step)
 
+
+def test_data_error_checkpoints_completed_steps_then_resume_matches(uninterrupted, tmp_path):
     with pytest.raises(OSError, match="corrupt") as info:
         run(tmp_path, batch_fn=corrupt_at_3)
     # Step 2 was in flight while batch 3 failed: it still completed, was logged and is kept.
@@ -313,11 +315,6 @@ def test_data_error_checkpoints_completed_steps_then_resume_matches(uninterrupte
 def test_data_error_with_several_processes_raises_without_a_save(tmp_path, monkeypatch):
     # The other processes would not join the save (they wait in the next step's collectives).
     monkeypatch.setattr(loop, "_single_process", lambda: False)
-
-    def corrupt_at_3(step):
-        if step == 3:
-            raise OSError("slice 17 of train.h5 is corrupt")
-        return batch_fn(step)
 
     with pytest.raises(OSError, match="corrupt") as info:
         run(tmp_path, batch_fn=corrupt_at_3)
