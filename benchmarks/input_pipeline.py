@@ -121,7 +121,8 @@ def pipeline_row(path_name: str, case, batch_fn: Callable[[int], dict], *, repea
             "consumed samples/s": case.batch_size / median(times["consumed"]),
             "delivered / consumed": ratio, "90% interval": f"{low:.2f}-{high:.2f}",
             f"meets {TARGET:g}x": target_verdict(ratio, low, high, TARGET,
-                                                 higher_is_better=True)}
+                                                 higher_is_better=True),
+            "_interval": [low, high]}
 
 
 def fit_step_time(train_step: Callable, state: Any, batch_fn: Callable[[int], dict], *,
@@ -153,7 +154,8 @@ def fit_slowdown(path: DataPath, *, steps: int, repeats: int) -> dict:
 
     Returns:
       ``{"fit ms/step, data path / fixed batch": "a / b", "fit slowdown": "r (low-high)"}``
-      with the medians over turns, their ratio ``r`` and its 90 % paired-bootstrap interval.
+      with the medians over turns, their ratio ``r`` and its 90 % paired-bootstrap interval;
+      the same numbers unrounded under ``"_fit"`` (seconds; for the JSON).
     """
     fixed = path.batch_fn(0)
     arms = {"data": path.batch_fn, "fixed": lambda step: fixed}
@@ -166,7 +168,9 @@ def fit_slowdown(path: DataPath, *, steps: int, repeats: int) -> dict:
     data, fixed_batch = median(times["data"]), median(times["fixed"])
     low, high = ratio_interval(times["data"], times["fixed"])
     return {"fit ms/step, data path / fixed batch": f"{1e3 * data:.3g} / {1e3 * fixed_batch:.3g}",
-            "fit slowdown": f"{data / fixed_batch:.2f} ({low:.2f}-{high:.2f})"}
+            "fit slowdown": f"{data / fixed_batch:.2f} ({low:.2f}-{high:.2f})",
+            "_fit": {"data_s": data, "fixed_batch_s": fixed_batch,
+                     "slowdown": data / fixed_batch, "interval_90": [low, high]}}
 
 
 def recnet_path(paper: bool, seed: int = 0) -> DataPath:
@@ -247,7 +251,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     title = (f"Input pipeline vs train step ({'paper' if args.paper else 'cpu'} presets, "
              f"median of {args.repeats} alternating turns of >= {args.window:g} s each, "
              f"90 % interval of the ratio; target delivered >= {TARGET:g} x consumed)")
-    write_table(rows, args.out, "input_pipeline", title=title)
+    columns = [c for c in rows[0] if not c.startswith("_")]
+    write_table([{c: r[c] for c in columns} for r in rows], args.out, "input_pipeline",
+                title=title, columns=columns,
+                extra={"target": TARGET,
+                       "ratio_interval_90": {r["data path"]: r["_interval"] for r in rows},
+                       "fit_slowdown": {r["data path"]: r.get("_fit") for r in rows}})
     save_bar_plot(args.out / "input_pipeline.png", [r["consumer step"] for r in rows],
                   {"delivered": [r["delivered samples/s"] for r in rows],
                    "consumed": [r["consumed samples/s"] for r in rows]},

@@ -279,6 +279,7 @@ def test_input_pipeline_row_times_delivery_against_the_step_in_turns():
         row["delivered / consumed"] * row["consumed samples/s"], rel=1e-9)
     low, high = map(float, row["90% interval"].split("-"))
     assert low <= round(row["delivered / consumed"], 2) <= high
+    assert row["_interval"] == pytest.approx([low, high], abs=0.005)  # the JSON's numbers
     assert row["meets 5x"] == "yes", row  # the whole interval is far above 5
     # Every delivery asked for a fresh step's batch.
     assert steps_seen == list(range(len(steps_seen))) and len(steps_seen) > 4 * 3
@@ -326,6 +327,10 @@ def test_fit_slowdown_compares_the_data_path_with_a_fixed_batch():
     assert data_ms >= 30.0 and fixed_ms < data_ms / 2, row
     assert float(ratio) == pytest.approx(data_ms / fixed_ms, rel=0.02)  # 3 digits each
     assert low <= float(ratio) <= high
+    numbers = row["_fit"]  # unrounded, for the JSON
+    assert 1e3 * numbers["data_s"] == pytest.approx(data_ms, rel=0.005)
+    assert numbers["slowdown"] == pytest.approx(numbers["data_s"] / numbers["fixed_batch_s"])
+    assert numbers["interval_90"] == pytest.approx([low, high], abs=0.005)
     # Only the data arm asks for batches (one warm-up run of 3 steps, 3 timed runs of 5); the
     # fixed arm reuses the one batch_fn(0) made up front.
     assert len(calls) == 1 + 3 + 3 * 5 and max(calls) == 4
