@@ -40,6 +40,7 @@ __all__ = [
     "jax_case",
     "median",
     "compiled_memory",
+    "matmul_fn",
     "matmul_gflops",
     "machine_info",
     "write_table",
@@ -273,23 +274,35 @@ def compiled_memory(fn: Callable, *args: Any, **kwargs: Any) -> dict[str, int]:
     return out
 
 
-def matmul_gflops(*, size: int = 2048, repeats: int = 5) -> float:
-    """Measured float32 matmul throughput of JAX on the default device, GFLOP/s (best of runs).
-
-    A ``size x size`` by ``size x size`` product is ``2 size^3`` FLOPs; the best of ``repeats``
-    timed runs after one compiled warm-up is the machine's practical ceiling.
-    """
+def matmul_fn(size: int = 2048) -> tuple[Callable[[], None], float]:
+    """``(call, flops)``: one jitted float32 ``size x size`` by ``size x size`` JAX product on
+    the default device, blocking until done, and its ``2 size^3`` FLOPs (compiled on the first
+    call)."""
     key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
     a = jax.random.normal(key_a, (size, size), jnp.float32)
     b = jax.random.normal(key_b, (size, size), jnp.float32)
     dot = jax.jit(jnp.dot)
-    block(dot(a, b))
+
+    def call() -> None:
+        block(dot(a, b))
+
+    return call, 2.0 * size**3
+
+
+def matmul_gflops(*, size: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul throughput of JAX on the default device, GFLOP/s (best of runs).
+
+    The best of ``repeats`` timed :func:`matmul_fn` calls after one compiled warm-up is the
+    machine's practical ceiling.
+    """
+    call, flops = matmul_fn(size)
+    call()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        block(dot(a, b))
+        call()
         best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best / 1e9
+    return flops / best / 1e9
 
 
 def machine_info() -> dict[str, Any]:

@@ -25,13 +25,10 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-import jax
-import jax.numpy as jnp
-
 from benchmarks._common import (
     StepCase,
     benchmark_parser,
-    block,
+    matmul_fn,
     median,
     ratio_interval,
     save_interval_plot,
@@ -42,20 +39,6 @@ from benchmarks._common import (
 
 TARGET_PERCENT = 40.0  # issue 9: paper-width step >= 40 % of the measured matmul throughput
 MATMUL_SIZE = 2048
-
-
-def matmul_fn(size: int = MATMUL_SIZE) -> tuple[Callable[[], None], float]:
-    """``(call, flops)``: one jitted float32 ``size x size`` product, blocking, and its
-    ``2 size^3`` FLOPs (compiled on the first call)."""
-    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
-    a = jax.random.normal(key_a, (size, size), jnp.float32)
-    b = jax.random.normal(key_b, (size, size), jnp.float32)
-    dot = jax.jit(jnp.dot)
-
-    def call() -> None:
-        block(dot(a, b))
-
-    return call, 2.0 * size**3
 
 
 def roofline_row(network: str, case: StepCase, matmul: Callable[[], None], matmul_flops: float,
@@ -100,7 +83,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     parser = benchmark_parser(__doc__, name="roofline")
     args = parser.parse_args(argv)
-    matmul, matmul_flops = matmul_fn()
+    matmul, matmul_flops = matmul_fn(MATMUL_SIZE)
     rows = []
     for network, preset in _networks(args.paper):
         start = time.perf_counter()

@@ -177,6 +177,18 @@ def test_compiled_flops_counts_a_matmul_and_replicas():
                                                                                     rel=0.01)
 
 
+def test_matmul_fn_counts_what_xla_counts_and_blocks(monkeypatch):
+    from benchmarks import _common
+
+    call, flops = _common.matmul_fn(64)
+    x = jnp.ones((64, 64), jnp.float32)
+    assert flops == pytest.approx(compiled_flops(jax.jit(jnp.dot), x, x), rel=0.01)
+    blocked = []
+    monkeypatch.setattr(_common, "block", lambda tree: blocked.append(tree.shape))
+    call()
+    assert blocked == [(64, 64)]  # timed calls wait for the product, not just its dispatch
+
+
 def test_compiled_memory_sees_arguments_outputs_and_temporaries():
     n = 128
     x = jnp.ones((n, n), jnp.float32)
