@@ -28,7 +28,7 @@ from jaxmri.data.simulate import (
     acquire_slices,
     acquisition_from_kspace,
     simulate_acquisition,
-    slice_seed_sequences,
+    slice_rng,
     smooth_phase,
 )
 from jaxmri.data.slicing import ORIENTATIONS, SPLITS, resize_2d, split_assignment, volume_to_slices
@@ -50,7 +50,7 @@ __all__ = [
     "read_nifti",
     "resize_2d",
     "simulate_acquisition",
-    "slice_seed_sequences",
+    "slice_rng",
     "smooth_phase",
     "source_kind",
     "split_assignment",

@@ -299,8 +299,14 @@ def gaussian_cartesian_mask(
     columns[centre] = True
     n_random = n_lines - int(center_lines)
     if n_random > 0:
-        picked = gen.choice(width, size=n_random, replace=False, p=weight / weight.sum())
-        columns[picked] = True
+        # Weighted draws without replacement, one after another, each with probability
+        # proportional to the weight of the columns left (DC-CNN: np.random.choice(p=...,
+        # replace=False)). The n smallest of independent exponentials E_j / w_j are such a draw
+        # (the first to arrive in a race with rates w_j; zero weight never arrives): one vector
+        # of draws instead of numpy's loop of redraws, 3.5 instead of 31 us at W = 48.
+        with np.errstate(divide="ignore"):
+            arrival = gen.standard_exponential(width) / weight
+        columns[np.argpartition(arrival, n_random - 1)[:n_random]] = True
     return _finish(_columns_to_mask(columns, height))
 
 

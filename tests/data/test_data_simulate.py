@@ -12,7 +12,7 @@ from jaxmri.data.simulate import (
     acquire_slices,
     acquisition_from_kspace,
     simulate_acquisition,
-    slice_seed_sequences,
+    slice_rng,
     smooth_phase,
 )
 from jaxmri.physics.fft import fft2c, ifft2c
@@ -68,8 +68,9 @@ def test_target_is_image_with_smooth_phase(images):
     out = simulate_acquisition(images, mask_fn=MASK, seed=3, num_coils=2, max_phase=1.0)
     np.testing.assert_allclose(np.abs(out["target"]), images, atol=1e-6)
     for i in range(len(images)):
-        phase_rng = np.random.default_rng(slice_seed_sequences(3, i)[0])
-        phi = smooth_phase(phase_rng, (32, 32), max_phase=1.0)
+        rng = slice_rng(3, i)  # a slice's stream: its mask, then its phase
+        MASK(rng, (32, 32))
+        phi = smooth_phase(rng, (32, 32), max_phase=1.0)
         inside = images[i] > 0.1
         np.testing.assert_allclose(np.angle(out["target"][i])[inside], phi[inside], atol=1e-5)
     # Smooth: the phase map's spectrum lies within the cut-off disc (radius 2 cycles / FOV).
@@ -78,6 +79,22 @@ def test_target_is_image_with_smooth_phase(images):
     spectrum = np.abs(np_fft2c(phi.astype(np.complex64))) ** 2
     ky, kx = np.meshgrid(np.arange(32) - 16, np.arange(32) - 16, indexing="ij")
     assert spectrum[ky**2 + kx**2 > 4].sum() < 1e-8 * spectrum.sum()
+
+
+@pytest.mark.parametrize("shape, cutoff", [((32, 32), 2.0), ((17, 24), 3.5), ((48, 40), 0.0)])
+def test_smooth_phase_is_the_inverse_fft_of_the_disc_coefficients(shape, cutoff):
+    """The plane-wave sum equals numpy's centred inverse FFT of the grid holding the drawn disc
+    coefficients (real parts first, in row-major order) and zero elsewhere."""
+    ky = np.arange(shape[0]) - shape[0] // 2
+    kx = np.arange(shape[1]) - shape[1] // 2
+    disc = ky[:, None] ** 2 + kx[None, :] ** 2 <= cutoff**2
+    real, imag = np.random.default_rng(4).standard_normal((2, disc.sum()))
+    grid = np.zeros(shape, np.complex128)
+    grid[disc] = real + 1j * imag
+    field = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(grid))).real
+    expected = 0.5 * field / np.abs(field).max()
+    phi = smooth_phase(np.random.default_rng(4), shape, max_phase=0.5, phase_cutoff=cutoff)
+    np.testing.assert_allclose(phi, expected, atol=1e-6)
 
 
 def test_mask_applied_and_zero_filled_is_the_adjoint(images):
@@ -108,6 +125,21 @@ def test_noise_matches_the_snr_definition(images):
     # Circularly symmetric: real and imaginary parts carry half the variance each.
     ratio = np.var(noise.real) / np.var(noise.imag)
     assert 0.9 < ratio < 1.1 and abs(np.mean(noise)) < 0.05 * np.std(noise)
+
+
+def test_undersampled_noise_has_the_snr_variance_where_the_mask_keeps(images):
+    """Noise is drawn only at kept samples; there it has variance sigma^2 (unbiased, circular),
+    and the rest stays exactly 0."""
+    out = simulate_acquisition(images, mask_fn=MASK, seed=6, num_coils=4, snr_db=10.0)
+    coil_images = out["maps"] * out["target"][:, None]
+    kept = np.broadcast_to(out["mask"][:, None] == 1, out["kspace"].shape)
+    noise = (out["kspace"] - np_fft2c(coil_images))[kept]
+    sigma2 = np.repeat(out["noise_std"] ** 2, kept.reshape(5, -1).sum(axis=1))
+    assert len(noise) > 5000
+    assert np.mean(np.abs(noise) ** 2 / sigma2) == pytest.approx(1.0, abs=0.05)
+    assert np.mean(noise.real**2 / sigma2) == pytest.approx(0.5, abs=0.03)
+    assert abs(np.mean(noise / np.sqrt(sigma2))) < 0.03
+    assert np.all(out["kspace"][~kept] == 0)
 
 
 @pytest.mark.parametrize("num_coils", [1, 3])

@@ -210,6 +210,28 @@ def test_gaussian_cartesian_counts_and_centre(width, acc, centre_lines):
         assert mask[0, width // 2] == 1  # DC always kept
 
 
+def test_gaussian_cartesian_draws_columns_like_numpy_weighted_choice():
+    """Inclusion frequencies of the random columns match DC-CNN's draw, numpy's
+    ``choice(p=weight / sum, replace=False)``, within sampling error (4000 masks each)."""
+    width, acc, centre_lines, draws = 32, 4, 2, 4000
+    gen = np.random.default_rng(1)
+    ours = np.mean([gaussian_cartesian_mask(gen, (1, width), acceleration=acc,
+                                            center_lines=centre_lines)[0][0]
+                    for _ in range(draws)], axis=0)
+    j = np.arange(width)
+    weight = np.exp(-((j - width / 2) ** 2) / (2 * (width / 10) ** 2)) + 1 / (2 * acc)
+    weight[width // 2 - 1:width // 2 + 1] = 0
+    reference = np.zeros(width)
+    for _ in range(draws):
+        picked = gen.choice(width, size=width // acc - centre_lines, replace=False,
+                            p=weight / weight.sum())
+        reference[picked] += 1 / draws
+    reference[width // 2 - 1:width // 2 + 1] = 1
+    # Two independent estimates of the same frequency: difference std <= sqrt(2 * 0.25 / n).
+    np.testing.assert_allclose(ours, reference, atol=4 * np.sqrt(0.5 / draws))
+    assert np.ptp(reference[weight > 0]) > 0.3  # the weights matter, so the check has teeth
+
+
 def test_gaussian_cartesian_density_falls_off_from_centre():
     width, acc, centre_lines = 128, 4, 8
     gen = np.random.default_rng(0)

@@ -82,7 +82,7 @@ def test_full_sampling_gives_the_closed_form_prox():
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
-def _problem(n: int = 32, acceleration: float = 3.0):
+def _problem(n: int = 32, acceleration: float = 3.0, mask_seed: int = 4):
     """A Haar-compressible image (constant on 4x4 blocks) measured with a 1-D Gaussian mask."""
     rng = np.random.default_rng(3)
     image = np.kron(rng.uniform(0.2, 1.0, (n // 4, n // 4)), np.ones((4, 4)))
@@ -91,7 +91,7 @@ def _problem(n: int = 32, acceleration: float = 3.0):
     kspace = np.asarray(fft2c(jnp.asarray(image)))[None, None]
     kspace = kspace + 0.005 * (rng.standard_normal(kspace.shape)
                                + 1j * rng.standard_normal(kspace.shape)).astype(np.complex64)
-    mask, _ = gaussian_cartesian_mask(np.random.default_rng(4), (n, n),
+    mask, _ = gaussian_cartesian_mask(np.random.default_rng(mask_seed), (n, n),
                                       acceleration=acceleration, center_lines=4)
     return image, jnp.asarray(kspace), jnp.asarray(mask), jnp.asarray(maps)
 
@@ -108,13 +108,24 @@ def test_fista_decreases_objective_and_beats_zero_filling():
         values.append(float(objective(l1_wavelet_fista(kspace, mask, maps, lam=lam,
                                                        num_iters=iters))[0]))
     assert values[1] < values[0] and values[2] < values[1] and values[3] <= values[2] + 1e-6
-    recon = np.asarray(l1_wavelet_fista(kspace, mask, maps, lam=lam, num_iters=200))[0]
 
-    def err(x):
-        return np.linalg.norm(np.abs(x) - np.abs(image))
 
-    # A compressible image from 3x undersampled data: CS recovers it, zero-filling cannot.
-    assert err(recon) < 0.2 * err(np.asarray(zero_filled)[0])
+def test_fista_beats_zero_filling_on_every_mask():
+    """A compressible image from 3x column-undersampled data: CS's error is below zero-filling's
+    for each of 8 random masks, and well below it on average (how far below depends on the
+    mask: the ratio ranged 0.04-0.62 over these masks, 0.03-0.81 under the earlier draw)."""
+    ratios = []
+    for mask_seed in range(8):
+        image, kspace, mask, maps = _problem(mask_seed=mask_seed)
+        zero_filled = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(np.asarray(mask * kspace)),
+                                                   norm="ortho"))[0, 0]
+        recon = np.asarray(l1_wavelet_fista(kspace, mask, maps, lam=0.003, num_iters=200))[0]
+
+        def err(x, image=image):
+            return np.linalg.norm(np.abs(x) - np.abs(image))
+
+        ratios.append(err(recon) / err(zero_filled))
+    assert max(ratios) < 0.85 and np.mean(ratios) < 0.55, ratios
 
 
 def test_fista_vmap_and_batch_agree():
