@@ -114,7 +114,8 @@ PRESETS = {
         ifr_cs_iters=5, ifr_cs_thresholds=(0.02,), ablation_steps=2, ablation_stages=2,
     ),
     "cpu": Preset(
-        description="python -m experiments.ifrnet: about 12 minutes on 2 idle CPU cores; "
+        description="python -m experiments.ifrnet: 3 to 12 minutes on 2 CPU cores (3.3 "
+        "measured on idle cores, 2026-11-22); "
         "64x64 slices, 100 training slices, IFR-Net (7 stages, K=2, L=8) vs ADMM-Net (10 "
         "stages), IFR-CS and zero-filling (the methods of the paper's Tables IV and V; D5-C5 "
         "and the U-Net only in the paper preset), 150 Adam steps each; Table IV at 20 % "

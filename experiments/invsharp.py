@@ -100,7 +100,8 @@ PRESETS = {
         steps=4, batch_size=2, checkpoint_every=2, eval_slices=4,
     ),
     "cpu": Preset(
-        description=("About 15 minutes on 2 CPU cores (14.9 measured): 48 px axial+coronal "
+        description=("9 to 15 minutes on 2 CPU cores (14.9 and 9.1 measured on two "
+                     "machines): 48 px axial+coronal "
                      "slices, 4 coils, 4 blocks x 5 convs x 32, 300 steps per method; prints "
                      "Tables 2, 3 and the ablation."),
         image_size=48, num_coils=4, orientations=("axial", "coronal"),

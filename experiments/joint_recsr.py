@@ -126,7 +126,7 @@ PRESETS = {
         milestones=(1,), cg_iters=5,
     ),
     "cpu": Preset(
-        description="python -m experiments.joint_recsr: about 13 minutes on 2 idle CPU cores; "
+        description="python -m experiments.joint_recsr: 9 to 13 minutes on 2 idle CPU cores; "
         "64x64 HR slices (32x32 LR), 8 coils, 1-D Gaussian 2.5x + x2 SR (5x), 64 training "
         "slices, small networks (16 features, 2 RRDB-SFT blocks, DEQ <= 6 iterations); every "
         "model gets 350 Adam steps (batch 4): models with an SR output 250 warm-up steps on "
@@ -134,10 +134,11 @@ PRESETS = {
         "on eq. 12, reconstruction-only models 350 on L1. All of Table 1 (SR, Recon, "
         "Recon-SR, Recon+SR, Proposed) and Table 3 (CG-SENSE+bicubic, MoDL+bicubic, "
         "Proposed). Paper claims to check: Proposed best PSNR/SSIM/LPIPS; joint above "
-        "sequential. Measured (13.0 min idle; PSNR / SSIM / LPIPS): Proposed 20.86 / 0.821 / "
-        "0.122, Recon+SR 17.20 / 0.798 / 0.129, Recon-SR 19.01 / 0.822 / 0.122, Recon "
-        "23.16 / 0.788 / 0.138, SR 15.42 / 0.680 / 0.200, CG-SENSE+bicubic 23.57 / 0.847 / "
-        "0.106, MoDL+bicubic 21.88 / 0.778 / 0.171.",
+        "sequential. Measured 2026-11-22 (8.8 min; PSNR / SSIM / LPIPS): Proposed 21.03 / "
+        "0.807 / 0.128, Recon+SR 18.19 / 0.799 / 0.132, Recon-SR 18.88 / 0.802 / 0.136, Recon "
+        "22.89 / 0.772 / 0.148, SR 14.25 / 0.653 / 0.197, CG-SENSE+bicubic 23.48 / 0.844 / "
+        "0.114, MoDL+bicubic 21.86 / 0.770 / 0.167 (earlier simulated data gave Proposed "
+        "20.51-20.90 dB against Recon+SR 17.20-20.62: see the README).",
         image_size=64, num_coils=8, num_train=64, num_test=24, masks=("gauss1d",),
         table1=TABLE1, table3=TABLE3,
         sr_features=16, sr_growth=8, sr_blocks=2, cond_features=8, rec_features=16,

@@ -245,7 +245,7 @@ def simulate_acquisition(
     masks, accs = _masks(mask_fn, rngs, (height, width), fixed_mask, seed)  # the first draws
     coefs = np.stack([_phase_coefficients(rng, (height, width), phase_cutoff) for rng in rngs])
     phases = _phases_from_coefficients(coefs, (height, width), phase_cutoff, max_phase)
-    # |x| exp(i phi) from float32 cos and sin: numpy's complex exponential is 15x slower.
+    # |x| exp(i phi) from float32 cos and sin: numpy's complex exponential is 16x slower.
     magnitude = np.abs(images).astype(np.float32)
     target = np.empty((n, height, width), np.complex64)
     target.real = magnitude * np.cos(phases)
