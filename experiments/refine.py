@@ -1,32 +1,33 @@
 """Paper 003: adversarial and perceptual refinement of an MSE reconstruction, scored with the
 semantic interpretability score (Seitzer et al., MICCAI 2018).
 
-    python -m experiments.refine                  # cpu preset: ~4 min on 2 idle cores
-                                                  # (measured 236 s wall, 381 s of CPU)
+    python -m experiments.refine                  # cpu preset: ~3-4 min on 2 idle cores
+                                                  # (measured 162 s and, earlier, 236 s wall)
     python -m experiments.refine --preset smoke   # ~1.5 CPU-minutes, for tests
     python -m experiments.refine --preset paper   # paper-sized networks, GPU-scale time
 
 ``--steps N`` / ``--batch-size N`` override the steps / batch size of every training stage.
 
-Table printed by the cpu preset (seed 0, 33 test slices, 48 px, 8x; measured 2026-11-22):
+Table printed by the cpu preset (seed 0, 33 test slices, 48 px, 8x; measured 2026-11-22 on the
+simulated data of that day's ``jaxmri.data.simulate``):
 
     | method                          | PSNR  | SSIM  | LPIPS | Dice  | SIS   |
     | Ground truth                    |   –   |   –   |   –   | 0.733 | 1.000 |
-    | Zero-filled                     | 13.48 | 0.393 | 0.390 | 0.295 | 0.402 |
-    | CS L1-wavelet                   | 13.45 | 0.316 | 0.365 | 0.296 | 0.404 |
-    | RecNet                          | 16.91 | 0.415 | 0.227 | 0.368 | 0.502 |
-    | Joint MSE+adv+VGG (from RecNet) | 15.78 | 0.330 | 0.253 | 0.346 | 0.471 |
-    | Proposed (refined)              | 16.20 | 0.353 | 0.211 | 0.369 | 0.504 |
+    | Zero-filled                     | 13.34 | 0.381 | 0.383 | 0.299 | 0.408 |
+    | CS L1-wavelet                   | 13.01 | 0.287 | 0.378 | 0.292 | 0.399 |
+    | RecNet                          | 15.86 | 0.375 | 0.236 | 0.353 | 0.482 |
+    | Joint MSE+adv+VGG (from RecNet) | 13.97 | 0.262 | 0.285 | 0.318 | 0.433 |
+    | Proposed (refined)              | 16.04 | 0.334 | 0.205 | 0.376 | 0.513 |
 
-What reproduces at this scale: the refinement beats the joint MSE+adversarial+VGG training on
-SIS (paired Wilcoxon p = 0.04), SSIM (0.02) and LPIPS (3e-5) and loses less PSNR to RecNet
-(0.7 dB against 1.1 dB). What does not: the paper's SIS gain over RecNet (0.504 vs 0.502,
-p = 0.43), and the refinement costs PSNR and SSIM against RecNet (p < 0.003). The two
-adversarial stages are sensitive to float32 rounding: the same code one commit earlier (XLA
-convolutions instead of im2col products in VGG16's last blocks, equal to rounding) gave
-refined 16.56 / 0.349 / 0.227 / 0.375 / 0.511 and joint 15.26 / 0.322 / 0.239 / 0.354 / 0.483
-(same seed; every non-adversarial row identical), so differences of that size between those
-two rows are within what the training noise of a 48 px, few-hundred-step run allows.
+Over seeds 0, 1, 2 (``--seed``; paired Wilcoxon p of the refinement against each baseline): the
+refinement beats the joint MSE+adversarial+VGG training on SIS every time (0.513 / 0.513 /
+0.502 against 0.433 / 0.481 / 0.467, p <= 0.011), and its SIS is above RecNet's every time
+(against 0.482 / 0.506 / 0.480; p = 0.0002, 0.14, 0.017), the paper's claim, significant in two
+of three seeds. PSNR, SSIM and LPIPS against RecNet go either way with the seed (PSNR +0.2,
+-0.9, -0.05 dB). The previous simulated data (seed 0) gave no SIS gain over RecNet (0.504 vs
+0.502, p = 0.43): at 48 px and a few hundred steps, one seed decides little, and the adversarial
+stages are also sensitive to float32 rounding (two commits that differed only in rounding gave
+a refined SIS of 0.511 and 0.504 on that data).
 
 Single-coil Cartesian data simulated from the embedded MNI152 template (smooth random phase,
 30 dB noise), 1-D Gaussian variable-density masks at 8x (a fresh mask per training step and per
