@@ -137,8 +137,9 @@ PRESETS = {
         "sequential. Measured 2026-11-22 (8.8 min; PSNR / SSIM / LPIPS): Proposed 21.03 / "
         "0.807 / 0.128, Recon+SR 18.19 / 0.799 / 0.132, Recon-SR 18.88 / 0.802 / 0.136, Recon "
         "22.89 / 0.772 / 0.148, SR 14.25 / 0.653 / 0.197, CG-SENSE+bicubic 23.48 / 0.844 / "
-        "0.114, MoDL+bicubic 21.86 / 0.770 / 0.167 (earlier simulated data gave Proposed "
-        "20.51-20.90 dB against Recon+SR 17.20-20.62: see the README).",
+        "0.114, MoDL+bicubic 21.86 / 0.770 / 0.167; seeds 1 and 2 gave Proposed 20.91 and "
+        "22.69 dB against Recon+SR 19.07 and 20.12 (earlier simulated data: Proposed "
+        "20.51-20.90 dB against Recon+SR 17.20-20.62; see the README).",
         image_size=64, num_coils=8, num_train=64, num_test=24, masks=("gauss1d",),
         table1=TABLE1, table3=TABLE3,
         sr_features=16, sr_growth=8, sr_blocks=2, cond_features=8, rec_features=16,
