@@ -304,7 +304,7 @@ def gaussian_cartesian_mask(
         # replace=False)). The n smallest of independent exponentials E_j / w_j are such a draw
         # (the first to arrive in a race with rates w_j; zero weight never arrives): one vector
         # of draws instead of numpy's loop of redraws, 3.5 instead of 31 us at W = 48.
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # centre: inf or nan, sort last
             arrival = gen.standard_exponential(width) / weight
         columns[np.argpartition(arrival, n_random - 1)[:n_random]] = True
     return _finish(_columns_to_mask(columns, height))
