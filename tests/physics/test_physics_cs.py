@@ -96,7 +96,7 @@ def _problem(n: int = 32, acceleration: float = 3.0, mask_seed: int = 4):
     return image, jnp.asarray(kspace), jnp.asarray(mask), jnp.asarray(maps)
 
 
-def test_fista_decreases_objective_and_beats_zero_filling():
+def test_fista_decreases_objective():
     image, kspace, mask, maps = _problem()
     lam = 0.003
     objective = functools.partial(l1_wavelet_objective, kspace=kspace, mask=mask, maps=maps,
@@ -120,11 +120,8 @@ def test_fista_beats_zero_filling_on_every_mask():
         zero_filled = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(np.asarray(mask * kspace)),
                                                    norm="ortho"))[0, 0]
         recon = np.asarray(l1_wavelet_fista(kspace, mask, maps, lam=0.003, num_iters=200))[0]
-
-        def err(x, image=image):
-            return np.linalg.norm(np.abs(x) - np.abs(image))
-
-        ratios.append(err(recon) / err(zero_filled))
+        errors = [np.linalg.norm(np.abs(x) - np.abs(image)) for x in (recon, zero_filled)]
+        ratios.append(errors[0] / errors[1])
     assert max(ratios) < 0.85 and np.mean(ratios) < 0.55, ratios
 
 
