@@ -1,14 +1,16 @@
 """XLA:CPU settings jaxmri applies when it is imported, and how to opt out.
 
-Two settings, both measured on the 2-core CPU machine of the README's Performance section.
+Two settings, both measured on the 2-core AMD EPYC machine of the README's Performance
+section; the first also on its 2-core Intel Xeon.
 
 **1. Convolutions on XLA's Eigen kernels.** jaxlib 0.10 hands every convolution on the CPU to
-YNNPACK (``__ynn_fusion``), which runs a convolution on one thread. XLA's own convolution
-(Eigen) uses every core. Turning YNNPACK off for convolutions makes a 3x3 conv forward 1.5-1.7x
-and its weight gradient 2.2-2.6x faster at 32-64 channels (``python -m benchmarks.conv_layers``),
-and it was the largest part of taking the conv-heavy training steps from 1.12-1.50x PyTorch's
-step time to 0.9-1.25x (``python -m benchmarks.step_time``). Matrix products keep YNNPACK (the
-XLA default for dots).
+YNNPACK (``__ynn_fusion``), which runs a convolution of the presets' size on one thread (1.0
+of 2 cores at 4x48x48x32; it parallelises only larger layers: 1.6 cores at 8x96x96x64). XLA's
+own convolution (Eigen) uses every core. Turning YNNPACK off for convolutions makes a 3x3 conv
+forward 1.5-1.7x (1.3-1.5x on the Intel machine) and its weight gradient 2.2-2.6x faster at
+32-64 channels (``python -m benchmarks.conv_layers``), and it was the largest part of taking
+the conv-heavy training steps from 1.12-1.50x PyTorch's step time to 0.9-1.25x (``python -m
+benchmarks.step_time``). Matrix products keep YNNPACK (the XLA default for dots).
 
 How: XLA reads ``XLA_FLAGS`` once, when the first JAX computation starts its backend, so the
 flag is added to the environment at import time, before any array exists. It is added only
