@@ -250,15 +250,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def _main_split(args, with_torch: bool) -> list[dict]:
     """``--split``: one row per shape, each direction timed alone; writes ``conv_layers_split``."""
     rows = _split_rows(args, with_torch)
-    ms_columns = [f"{who} {d} ms" for d in DIRECTIONS
-                  for who in (("jaxmri", "PyTorch") if with_torch else ("jaxmri",))]
+    frameworks = ("jaxmri", "PyTorch") if with_torch else ("jaxmri",)
+    ms_columns = [f"{who} {d} ms" for d in DIRECTIONS for who in frameworks]
     ratio_columns = [f"{d} jaxmri/PyTorch" for d in DIRECTIONS] if with_torch else []
     title = (f"3x3 conv, each convolution of a training step alone, float32, median of "
              f"{args.repeats} alternating turns (>= {args.window:g} s of calls timed in each)")
     write_table(rows, args.out, "conv_layers_split", title=title,
                 columns=["layer", "shape NHWC", *ms_columns, *ratio_columns])
     series = {f"{who} {d}": [r[f"{who} {d} GFLOP/s"] for r in rows]
-              for d in DIRECTIONS for who in (("jaxmri", "PyTorch") if with_torch else ("jaxmri",))}
+              for d in DIRECTIONS for who in frameworks}
     save_bar_plot(args.out / "conv_layers_split.png", [r["shape NHWC"] for r in rows], series,
                   ylabel="GFLOP/s (higher is better)",
                   title="3x3 conv: forward, input and kernel gradient by framework")
