@@ -40,6 +40,7 @@ __all__ = [
     "jax_case",
     "median",
     "compiled_memory",
+    "profile_calls",
     "matmul_fn",
     "matmul_gflops",
     "machine_info",
@@ -272,6 +273,36 @@ def compiled_memory(fn: Callable, *args: Any, **kwargs: Any) -> dict[str, int]:
            for k in ("argument", "output", "temp", "alias", "generated_code")}
     out["peak"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
     return out
+
+
+def profile_calls(fn: Callable[[], None], log_dir: str | os.PathLike, *, calls: int = 5) -> Path:
+    """Run ``fn()`` ``calls`` times under :func:`jax.profiler.trace`; return the trace written.
+
+    The trace (``<log_dir>/plugins/profile/<run>/<host>.trace.json.gz``, Chrome trace-event
+    JSON; the ``.xplane.pb`` beside it is TensorBoard's) opens in Perfetto or TensorBoard's
+    profile plugin. Each XLA:CPU thunk the calls executed is an event named after its HLO
+    instruction (``args.hlo_op``, e.g. ``convolution.3``), on the thread that ran it; the compiled
+    HLO (``jax.jit(f).lower(...).compile().as_text()``) says what each instruction is. Call
+    ``fn`` (compile, warm up) before profiling it, or the trace is mostly compilation.
+    Convolutions run asynchronously on XLA:CPU: an event covers the thunk's launch, and the
+    work follows in the thread-pool regions until the next dependent op starts.
+    """
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
+    log_dir = Path(log_dir)
+
+    def traces() -> dict[Path, int]:
+        # The run folder is named to the second: a second trace within it overwrites the first.
+        return {p: p.stat().st_mtime_ns for p in log_dir.glob("plugins/profile/*/*.trace.json.gz")}
+
+    before = traces()
+    with jax.profiler.trace(str(log_dir)):
+        for _ in range(calls):
+            fn()
+    written = sorted(p for p, mtime in traces().items() if before.get(p) != mtime)
+    if not written:
+        raise RuntimeError(f"jax.profiler wrote no trace under {log_dir}")
+    return written[-1]
 
 
 def matmul_fn(size: int = 2048) -> tuple[Callable[[], None], float]:

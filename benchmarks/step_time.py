@@ -1,6 +1,7 @@
 """Training-step time of every method: jit-compiled pmapped JAX against eager PyTorch; roofline.
 
-``python -m benchmarks.step_time [--paper] [--only NAME ...] [--no-torch] [--repeats R]``
+``python -m benchmarks.step_time [--paper] [--only NAME ...] [--no-torch] [--repeats R]
+[--profile DIR]``
 
 For each method's training step (InvSharpNet backward and forward refinement, IFR-Net, DSGAN
 generator+discriminator, EDSR, RecNet and its refinement GAN step, joint Rec+SR) the script
@@ -23,14 +24,19 @@ Default sizes are the cpu presets (2 CPU cores); ``--paper`` builds the paper pr
 GPU: a paper-preset step on 2 CPU cores takes seconds to minutes). PyTorch is the optional
 extra ``pip install -e '.[bench]'``; without it the PyTorch columns are empty.
 Writes ``<out>/step_time.{md,json,png}`` and ``<out>/step_time_ratio.png`` (the ratios with
-their intervals against the target).
+their intervals against the target). ``--profile DIR`` also records, after timing, five JAX
+steps of each case with ``jax.profiler`` (``DIR/<case>/plugins/profile/...trace.json.gz``; open
+it in Perfetto or TensorBoard): where a step's time goes, op by op.
 """
 
 from __future__ import annotations
 
 import gc
 import importlib
+import re
 import time
+
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +45,7 @@ from benchmarks._common import (
     machine_info,
     matmul_gflops,
     median,
+    profile_calls,
     ratio_interval,
     save_bar_plot,
     save_interval_plot,
@@ -126,6 +133,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--only", nargs="+", default=None,
                         help="run only the cases whose name contains one of these strings")
     parser.add_argument("--no-torch", action="store_true", help="time the JAX steps only")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="also trace 5 JAX steps of each case with jax.profiler into "
+                             "DIR/<case> (Perfetto / TensorBoard)")
     args = parser.parse_args(argv)
     with_torch = not args.no_torch and torch_available()
     if not args.no_torch and not with_torch:
@@ -166,6 +176,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   + (f", PyTorch {r['PyTorch ms']:.1f} ms, ratio {r['JAX/PyTorch']:.2f} "
                      f"({r['90% interval']}, meets 0.8: {r['meets 0.8']})"
                      if r["PyTorch ms"] is not None else ""))
+            if args.profile is not None:
+                folder = args.profile / re.sub(r"[^A-Za-z0-9]+", "_", case.name).strip("_")
+                print(f"    jax.profiler trace: {profile_calls(case.jax_step, folder)}")
         del cases, module
         gc.collect()
     if not rows:

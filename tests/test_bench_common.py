@@ -1,7 +1,9 @@
 """The shared benchmark pieces: A/B interleaving, FLOP and memory counts, tables, pmap check."""
 
+import gzip
 import itertools
 import json
+import re
 import time
 
 import jax
@@ -15,6 +17,7 @@ from benchmarks._common import (
     compiled_memory,
     count_params,
     jax_case,
+    profile_calls,
     ratio_interval,
     target_verdict,
     time_alternating,
@@ -197,6 +200,43 @@ def test_compiled_memory_sees_arguments_outputs_and_temporaries():
     # Keeping 8 products alive at once needs temporaries the single product does not.
     chained = compiled_memory(jax.jit(lambda a: sum(jnp.sin(a @ (a + i)) for i in range(8))), x)
     assert chained["peak"] > plain["peak"]
+
+
+def _hlo_op_counts(trace_path) -> dict[str, int]:
+    """``{HLO instruction: number of thunk launches}`` in a trace written by profile_calls."""
+    with gzip.open(trace_path) as f:
+        events = json.load(f)["traceEvents"]
+    counts: dict[str, int] = {}
+    for event in events:
+        op = event.get("args", {}).get("hlo_op") if event.get("ph") == "X" else None
+        if op is not None:
+            counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
+def test_profile_calls_traces_every_op_of_every_call(tmp_path):
+    """The trace names each convolution, product and fusion of the compiled program, once per
+    call, for each of two traces written into the same folder within the same second."""
+
+    def layer(x, w, m):
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.tanh(y).reshape(-1, 8) @ m
+
+    fn = jax.jit(layer)
+    args = (jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8)), jnp.ones((8, 8)))
+    entry = fn.lower(*args).compile().as_text().split("ENTRY", 1)[1]
+    # The program's convolution, dot and fusion (elementwise or YNNPACK) instructions.
+    ops = set(re.findall(r"^\s*(?:ROOT )?%?([\w.-]+) = \S+ (?:convolution|dot|fusion)\(",
+                         entry, re.M))
+    assert any(op.startswith("conv") for op in ops) and len(ops) >= 2, entry
+    jax.block_until_ready(fn(*args))
+    for calls in (3, 2):
+        counts = _hlo_op_counts(
+            profile_calls(lambda: jax.block_until_ready(fn(*args)), tmp_path, calls=calls))
+        assert {op: counts.get(op) for op in ops} == dict.fromkeys(ops, calls)
+    with pytest.raises(ValueError, match="calls"):
+        profile_calls(lambda: None, tmp_path, calls=0)
 
 
 def test_jax_case_runs_the_pmapped_step_and_advances_the_state():
