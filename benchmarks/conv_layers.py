@@ -46,6 +46,8 @@ SHAPES = (
     (4, 16, 256, 256, "VGG16 block 3 (16 px, 256 ch)"),
     (4, 6, 512, 512, "VGG16 block 4 at 48 px input (6 px, 512 ch)"),
     (16, 16, 32, 32, "EDSR body (16 px, batch 16)"),
+    (16, 16, 32, 128, "EDSR upsampling, before the pixel shuffle (32 -> 128 ch)"),
+    (16, 32, 32, 1, "EDSR tail (32 px, 32 -> 1 ch)"),
     (8, 48, 32, 32, "RecNet cascade (48 px)"),
     (8, 48, 2, 32, "RecNet cascade input (2 -> 32 ch)"),
     (8, 48, 32, 2, "RecNet cascade output (32 -> 2 ch)"),
