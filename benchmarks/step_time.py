@@ -26,7 +26,7 @@ extra ``pip install -e '.[bench]'``; without it the PyTorch columns are empty.
 Writes ``<out>/step_time.{md,json,png}`` and ``<out>/step_time_ratio.png`` (the ratios with
 their intervals against the target). ``--profile DIR`` also records, after timing, five JAX
 steps of each case with ``jax.profiler`` (``DIR/<case>/plugins/profile/...trace.json.gz``; open
-it in Perfetto or TensorBoard): where a step's time goes, op by op.
+it in Perfetto or TensorBoard): a timeline of the step's XLA operations.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import gc
 import importlib
 import re
 import time
-
 from pathlib import Path
 
 import numpy as np
