@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import re
 import time
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from benchmarks._common import (
     time_alternating,
     write_table,
 )
+from jaxmri.train.report import folder_name
 
 CASE_MODULES = ("cases_invsharp", "cases_ifrnet", "cases_refine", "cases_dsgan",
                 "cases_joint_recsr")
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      f"({r['90% interval']}, meets 0.8: {r['meets 0.8']})"
                      if r["PyTorch ms"] is not None else ""))
             if args.profile is not None:
-                folder = args.profile / re.sub(r"[^A-Za-z0-9]+", "_", case.name).strip("_")
+                folder = args.profile / folder_name(case.name)
                 print(f"    jax.profiler trace: {profile_calls(case.jax_step, folder)}")
         del cases, module
         gc.collect()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +50,7 @@ from jaxmri.train import (
     apply_mean_gradients,
     create_train_state,
     fit,
+    folder_name,
     map_batches,
     random_batches,
     summarise,
@@ -134,12 +134,6 @@ METHOD_RUNS = (
     ("InvSharpNet(bi)", "bi", {}),
     ("InvSharpNet(back)", "back", {}),
 )
-
-
-def _slug(label: str) -> str:
-    """ASCII folder name for a method label: 'cWGAN γ=0.01' -> 'cwgan_gamma_0_01'."""
-    ascii_label = label.replace("γ", "gamma").encode("ascii", "ignore").decode()
-    return re.sub(r"[^0-9a-zA-Z]+", "_", ascii_label).strip("_").lower()
 
 
 # ------------------------------------------------------------------------------------ data
@@ -271,7 +265,7 @@ def train_method(preset: Preset, config: isn.InvSharpConfig, method: str, data: 
                 state=states, batch_fn=random_batches(train, batch_size=args.batch_size,
                                                       seed=args.seed + 1),
                 num_steps=args.steps, key=jax.random.key(args.seed + 1),
-                workdir=workdir / _slug(label), checkpoint_every=preset.checkpoint_every,
+                workdir=workdir / folder_name(label), checkpoint_every=preset.checkpoint_every,
                 eval_every=max(args.steps // 2, 1), eval_fn=eval_fn, resume=args.resume,
                 desc=label)
     gen = state["generator"] if isinstance(state, dict) else state

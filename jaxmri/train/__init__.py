@@ -28,7 +28,7 @@ from jaxmri.train.loop import (
     shard_batch,
     unreplicate,
 )
-from jaxmri.train.report import markdown_table, summarise, write_results
+from jaxmri.train.report import folder_name, markdown_table, summarise, write_results
 from jaxmri.train.state import TrainState, create_train_state
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "replicate",
     "shard_batch",
     "summarise",
+    "folder_name",
     "unreplicate",
     "write_results",
 ]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["summarise", "markdown_table", "write_results"]
+__all__ = ["summarise", "markdown_table", "write_results", "folder_name"]
 
 Summary = dict[str, dict[str, dict[str, float | int]]]
 
@@ -136,3 +137,14 @@ def write_results(
     json_path.write_text(json.dumps(_plain(summary), indent=2) + "\n")
     print(table)
     return md_path, json_path
+
+
+def folder_name(label: str) -> str:
+    """ASCII folder name for a method or case label: 'cWGAN γ=0.01' -> 'cwgan_gamma_0_01',
+    'InvSharpNet backward' -> 'invsharpnet_backward' (runs of other characters become one
+    ``_``, none at either end)."""
+    ascii_label = label.replace("γ", "gamma").encode("ascii", "ignore").decode()
+    name = re.sub(r"[^0-9a-zA-Z]+", "_", ascii_label).strip("_").lower()
+    if not name:
+        raise ValueError(f"label {label!r} has no ASCII letter or digit to name a folder")
+    return name

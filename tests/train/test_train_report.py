@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxmri.train.report import markdown_table, summarise, write_results
+from jaxmri.train.report import folder_name, markdown_table, summarise, write_results
 
 
 @pytest.fixture()
@@ -80,3 +80,19 @@ def test_bad_input_is_named():
         markdown_table(summary, metrics=["ssim"])
     with pytest.raises(ValueError, match="metrics"):
         markdown_table(summary, metrics=[])
+
+
+@pytest.mark.parametrize("label, name", [
+    ("cWGAN γ=0.01", "cwgan_gamma_0_01"),
+    ("InvSharpNet backward", "invsharpnet_backward"),
+    ("DSGAN generator+discriminator", "dsgan_generator_discriminator"),
+    ("Joint Rec+SR (SFT)", "joint_rec_sr_sft"),
+    ("  U-Net / 4x  ", "u_net_4x"),
+])
+def test_folder_name_is_lowercase_ascii_with_single_underscores(label, name):
+    assert folder_name(label) == name
+
+
+def test_folder_name_rejects_a_label_without_letters_or_digits():
+    with pytest.raises(ValueError, match="no ASCII letter or digit"):
+        folder_name("/ — ·")
