@@ -256,14 +256,24 @@ def test_interrupt_saves_and_resume_reproduces_trajectory(uninterrupted, tmp_pat
             signal.raise_signal(signal.SIGINT)  # handled by fit: finish, one more step, save
         return batch_fn(step)
 
-    with pytest.raises(TrainingInterrupted) as info:
-        run(tmp_path, batch_fn=interrupting_batch_fn)
+    # fit must restore exactly the handler that was in place before it, whatever that is (a
+    # shell job may start Python with SIGINT ignored): install a handler of our own to compare.
+    def outer_handler(signum, frame):
+        raise AssertionError("fit's own handler should have taken this SIGINT")
+
+    before = signal.signal(signal.SIGINT, outer_handler)
+    try:
+        with pytest.raises(TrainingInterrupted) as info:
+            run(tmp_path, batch_fn=interrupting_batch_fn)
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
     stopped = 3 if how == "exception" else 4
     assert info.value.step == stopped
     assert info.value.checkpoint_path == tmp_path / "checkpoints" / str(stopped)
     assert (info.value.checkpoint_path / "state").is_dir()
     assert isinstance(info.value, KeyboardInterrupt)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert after is outer_handler  # the handler in place before fit, restored
     assert len(train_losses(tmp_path)) == stopped
 
     resumed = run(tmp_path, resume=True)
