@@ -64,7 +64,12 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
+from jaxmri.train.cli import (
+    exit_on_training_stop,
+    exit_on_user_error,
+    experiment_parser,
+    setup_from_args,
+)
 from jaxmri.train.figures import save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -430,6 +435,7 @@ def _combined(name: str, title: str, summaries: dict, workdir: Path) -> None:
     (workdir / f"{name}.json").write_text(json.dumps(summaries, indent=2) + "\n")
 
 
+@exit_on_user_error()
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the experiment; returns ``{'table_iv': {mask: summary}, 'table_v': {...}}``."""
     parser = experiment_parser(__doc__, presets=PRESETS, name="ifrnet")

@@ -68,7 +68,12 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
+from jaxmri.train.cli import (
+    exit_on_training_stop,
+    exit_on_user_error,
+    experiment_parser,
+    setup_from_args,
+)
 from jaxmri.train.figures import save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -459,6 +464,7 @@ def run_mask(mask_name: str, preset: Preset, workdir: Path, args) -> dict:
     return tables
 
 
+@exit_on_user_error()
 def main(argv: list[str] | None = None) -> dict:
     """Run the experiment; returns ``{mask: {'table1': summary, 'table3': summary}}``."""
     parser = experiment_parser(__doc__, presets=PRESETS, name="joint_recsr")
