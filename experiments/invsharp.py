@@ -58,6 +58,7 @@ from jaxmri.train import (
     write_results,
 )
 from jaxmri.train.cli import (
+    check_batch_size,
     exit_on_training_stop,
     exit_on_user_error,
     experiment_parser,
@@ -384,6 +385,7 @@ def run(preset: Preset, args, workdir: Path) -> dict:
     print(f"[invsharp] preset {args.preset}: {preset.description}")
     print(f"[invsharp] devices: {jax.device_count()} x {jax.devices()[0].platform}")
     data = load_acquisitions(args.data, preset, args.seed)
+    check_batch_size(args.batch_size, len(data["train"]["target"]))
     print("[invsharp] slices: " + ", ".join(f"{s} {d['target'].shape[0]}"
                                             for s, d in data.items())
           + f"; mask acceleration {float(np.mean(1 / data['test']['mask'].mean((1, 2)))):.2f}x")

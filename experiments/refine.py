@@ -102,6 +102,7 @@ from jaxmri.train import (
     write_results,
 )
 from jaxmri.train.cli import (
+    check_batch_size,
     exit_on_training_stop,
     exit_on_user_error,
     experiment_parser,
@@ -452,11 +453,13 @@ def main(argv: list[str] | None = None) -> dict:
 def _run(preset: Preset, workdir: Path, *, data, seed: int, resume) -> dict:
     size = preset.image_size
     train = load_slices(data, image_size=size, split="train")
-    val = load_slices(data, image_size=size, split="val")
-    test = load_slices(data, image_size=size, split="test")
     if "labels" not in train:
         raise UserInputError("the SIS needs segmentation labels, which this --data has not: "
                              "use the embedded data (no --data)")
+    check_batch_size(max(preset.seg_batch, preset.recnet_batch, preset.refine_batch,
+                         preset.joint_batch), len(train["image"]))
+    val = load_slices(data, image_size=size, split="val")
+    test = load_slices(data, image_size=size, split="test")
     print(f"[refine] {len(train['image'])} train / {len(val['image'])} val / "
           f"{len(test['image'])} test slices of {size} px, 8x 1-D Gaussian masks")
 

@@ -33,7 +33,7 @@ from jaxmri.train import distributed
 from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_summary",
-           "exit_on_training_stop", "exit_on_user_error"]
+           "exit_on_training_stop", "exit_on_user_error", "check_batch_size"]
 
 # Workdirs that setup_from_args created in this process (the top-most folder it made), so that
 # exit_on_user_error can take them away again when the input turns out to be unusable.
@@ -67,9 +67,9 @@ def exit_on_user_error():
         yield
     except UserInputError as err:
         if isinstance(err, MissingCheckpointError):
-            message = (f"--resume was given but {err.directory} holds no checkpoint; run "
-                       "without --resume to start training (or pass the --workdir of the run "
-                       "to continue)")
+            message = (f"--resume was given but {err.directory} holds no readable "
+                       "checkpoint; run without --resume to start training (or pass the "
+                       "--workdir of the run to continue)")
         else:
             message = _one_line(str(err))
         while _created_workdirs:
@@ -286,8 +286,8 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
     with the default when it was not given. ``jax.distributed.initialize`` runs when
     ``--num-processes`` > 1 or ``--coordinator`` is given, so call this before any other JAX
     work. Raises :class:`jaxmri.errors.UserInputError` naming the flag for inconsistent
-    multi-process flags, a ``--batch-size`` larger than the preset's ``num_train`` (checked
-    before any data is read) and a workdir that cannot be created or written.
+    multi-process flags, ``--resume`` with a workdir that holds no checkpoint (checked before
+    any data is read), and a workdir that cannot be created or written.
     """
     if args.num_processes > 1 and args.coordinator is None:
         raise UserInputError("--coordinator HOST:PORT is required when --num-processes > 1")
@@ -296,21 +296,28 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
             f"--process-id must be < --num-processes ({args.num_processes}), got {args.process_id}"
         )
     preset = args._presets[args.preset]
-    num_train = getattr(preset, "num_train", None)
-    if args.batch_size is not None and isinstance(num_train, int) and args.batch_size > num_train:
-        raise UserInputError(
-            f"--batch-size {args.batch_size} is larger than the training set of preset "
-            f"{args.preset!r} ({num_train} slices); use --batch-size {num_train} or less"
-        )
     if args.coordinator is not None:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     if args.workdir is None:
         args.workdir = Path("runs") / args.experiment / args.preset
     workdir = Path(args.workdir)
+    if args.resume and not _holds_checkpoint(workdir):
+        raise MissingCheckpointError(
+            f"--resume was given but {workdir} holds no checkpoint", workdir)
     created = _make_workdir(workdir)
     if created is not None:
         _created_workdirs.append(created)
     return ExperimentSetup(preset_name=args.preset, preset=preset, workdir=workdir)
+
+
+def _holds_checkpoint(workdir: Path) -> bool:
+    """Whether any ``checkpoints/<step>`` folder of :func:`jaxmri.train.fit` lies in ``workdir``
+    (an experiment trains its models in subfolders of the workdir)."""
+    if not workdir.is_dir():
+        return False
+    return any(step.is_dir() and step.name.isdigit()
+               for folder in workdir.rglob("checkpoints") if folder.is_dir()
+               for step in folder.iterdir())
 
 
 def _make_workdir(workdir: Path) -> Path | None:
@@ -344,3 +351,17 @@ def _make_workdir(workdir: Path) -> Path | None:
         raise UserInputError(f"--workdir {workdir} cannot be written ({err.strerror}); choose "
                              "another --workdir") from None
     return top
+
+
+def check_batch_size(batch_size: int | None, num_examples: int, *,
+                     what: str = "training slices") -> None:
+    """Raise :class:`UserInputError` naming ``--batch-size`` if it exceeds ``num_examples``.
+
+    For experiments that draw distinct examples per batch: call it as soon as the number is
+    known (a preset's ``num_train`` before loading, the loaded split right after loading), so
+    the error comes before minutes of data simulation or training. ``None`` (flag not given)
+    passes.
+    """
+    if batch_size is not None and batch_size > num_examples:
+        raise UserInputError(f"--batch-size {batch_size} is larger than the {num_examples} "
+                             f"{what}; use --batch-size {num_examples} or less")
