@@ -65,8 +65,8 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float,
         raise
     except Exception as err:  # nibabel raises several types for a corrupt or foreign file
         reason = " ".join(str(err).split()) or type(err).__name__
-        raise UserInputError(f"{path!r} is not a readable NIfTI file ({reason}); check that "
-                             "the file is complete") from None
+        raise UserInputError(f"{path!r} is not a readable NIfTI file ({reason}); pass a "
+                             "complete .nii or .nii.gz image") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 4:

@@ -320,12 +320,17 @@ _SINGLE_FNS = {
     "fit_ggd": (lambda x: M.fit_ggd(x - 0.5)[0], ()),
     "fit_aggd": (lambda x: M.fit_aggd(x - 0.5)[1], ()),
 }
+# Volume pairs (..., S, H, W) -> (...).
+_VOLUME_FNS = {"volume_psnr": M.volume_psnr, "volume_nmse": M.volume_nmse,
+               "volume_ssim": M.volume_ssim}
 # Not image -> value functions: covered by their own tests.
-_NOT_IMAGE_FNS = {"ms_ssim_num_scales", "features", "load_pretrained", "dice", "soft_dice_loss"}
+_NOT_IMAGE_FNS = {"ms_ssim_num_scales", "features", "load_pretrained", "dice", "soft_dice_loss",
+                  "fastmri_volume_metrics"}
 
 
 def test_api_table_covers_every_public_function():
-    assert set(_PAIR_FNS) | set(_SINGLE_FNS) | _NOT_IMAGE_FNS == set(M.__all__)
+    assert (set(_PAIR_FNS) | set(_SINGLE_FNS) | set(_VOLUME_FNS) | _NOT_IMAGE_FNS
+            == set(M.__all__))
 
 
 def _check_conventions(fn, args, out_trailing):
@@ -340,6 +345,12 @@ def test_api_pair_metrics_batch_jit_vmap(name):
     p, t = _pair(np.random.default_rng(10), (B, H, W))
     p = np.clip(p, 0, 1)
     _check_conventions(_PAIR_FNS[name], (jnp.asarray(p), jnp.asarray(t)), ())
+
+
+@pytest.mark.parametrize("name", sorted(_VOLUME_FNS))
+def test_api_volume_metrics_batch_jit_vmap(name):
+    p, t = _pair(np.random.default_rng(13), (B, 4, H, W))
+    _check_conventions(_VOLUME_FNS[name], (jnp.asarray(p), jnp.asarray(t)), ())
 
 
 @pytest.mark.parametrize("name", sorted(_SINGLE_FNS))
