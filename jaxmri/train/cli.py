@@ -301,6 +301,7 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
     if args.workdir is None:
         args.workdir = Path("runs") / args.experiment / args.preset
     workdir = Path(args.workdir)
+    _created_workdirs.clear()  # only this run's workdir is ever taken away again
     if args.resume and not _holds_checkpoint(workdir):
         raise MissingCheckpointError(
             f"--resume was given but {workdir} holds no checkpoint", workdir)
