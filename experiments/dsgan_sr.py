@@ -79,7 +79,12 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
+from jaxmri.train.cli import (
+    exit_on_training_stop,
+    exit_on_user_error,
+    experiment_parser,
+    setup_from_args,
+)
 from jaxmri.train.figures import save_line_profile, save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -341,6 +346,7 @@ def evaluate(test: dict, outputs: dict[str, np.ndarray], regressor) -> dict:
     return per_slice
 
 
+@exit_on_user_error()
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the experiment; returns ``{'table2', 'table3', 'kernel'}`` summaries."""
     parser = experiment_parser(__doc__, presets=PRESETS, name="dsgan_sr")

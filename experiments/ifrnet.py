@@ -64,7 +64,13 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
+from jaxmri.train.cli import (
+    check_batch_size,
+    exit_on_training_stop,
+    exit_on_user_error,
+    experiment_parser,
+    setup_from_args,
+)
 from jaxmri.train.figures import save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -307,6 +313,7 @@ def image_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]
 def run_setting(setting: str, slices: dict, preset: Preset, workdir: Path, args) -> dict:
     """Evaluate every method on one mask; returns ``{'per_slice', 'outputs', 'ifr'}``."""
     data = load_setting(slices, preset, setting)
+    check_batch_size(args.batch_size or preset.batch_size, len(data["train"]["target"]))
     test = data["test"]
     batch = min(args.batch_size or preset.batch_size, len(test["target"]))
     rate = float(np.mean(test["mask"]))
@@ -430,6 +437,7 @@ def _combined(name: str, title: str, summaries: dict, workdir: Path) -> None:
     (workdir / f"{name}.json").write_text(json.dumps(summaries, indent=2) + "\n")
 
 
+@exit_on_user_error()
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the experiment; returns ``{'table_iv': {mask: summary}, 'table_v': {...}}``."""
     parser = experiment_parser(__doc__, presets=PRESETS, name="ifrnet")
@@ -438,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     setup = setup_from_args(args)
     preset, workdir = setup.preset, setup.workdir
+    check_batch_size(args.batch_size, preset.num_train, what="training slices of the preset")
     print(f"IFR-Net experiment, preset {setup.preset_name}, workdir {workdir}")
     with exit_on_training_stop():
         slices = {split: load_slices(args.data, image_size=preset.image_size, split=split)

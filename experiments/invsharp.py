@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from jaxmri.data import acquire_slices, load_slices
+from jaxmri.errors import UserInputError
 from jaxmri.metrics import lpips, psnr, ssim, ssim_contrast
 from jaxmri.models import invsharp as isn
 from jaxmri.models.recon import DCCascade, UNetRecon
@@ -56,7 +57,13 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
+from jaxmri.train.cli import (
+    check_batch_size,
+    exit_on_training_stop,
+    exit_on_user_error,
+    experiment_parser,
+    setup_from_args,
+)
 from jaxmri.train.figures import save_line_profile, save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -150,7 +157,8 @@ def load_acquisitions(data: str | None, preset: Preset, seed: int,
                              orientations=preset.orientations)
         n = slices["image"].shape[0]
         if n == 0:
-            raise ValueError(f"the {split} split of {data or 'the embedded MNI152 data'} is empty")
+            raise UserInputError(
+                f"the {split} split of {data or 'the embedded MNI152 data'} is empty")
         acq = acquire_slices(slices, np.arange(n), mask_fn=mask_fn,
                              seed=1000 * seed + SPLIT_SEEDS.get(split, 3),
                              num_coils=preset.num_coils, snr_db=preset.snr_db)
@@ -344,6 +352,7 @@ def ablation(preset, data, recon, workdir, args, trained_back):
     return rows, maps
 
 
+@exit_on_user_error()
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = experiment_parser(__doc__, presets=PRESETS, name="invsharp")
     parser.add_argument("--recon-model", type=int, choices=(1, 2), default=1,
@@ -376,6 +385,7 @@ def run(preset: Preset, args, workdir: Path) -> dict:
     print(f"[invsharp] preset {args.preset}: {preset.description}")
     print(f"[invsharp] devices: {jax.device_count()} x {jax.devices()[0].platform}")
     data = load_acquisitions(args.data, preset, args.seed)
+    check_batch_size(args.batch_size, len(data["train"]["target"]))
     print("[invsharp] slices: " + ", ".join(f"{s} {d['target'].shape[0]}"
                                             for s, d in data.items())
           + f"; mask acceleration {float(np.mean(1 / data['test']['mask'].mean((1, 2)))):.2f}x")

@@ -68,7 +68,13 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
+from jaxmri.train.cli import (
+    check_batch_size,
+    exit_on_training_stop,
+    exit_on_user_error,
+    experiment_parser,
+    setup_from_args,
+)
 from jaxmri.train.figures import save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -394,6 +400,7 @@ def run_mask(mask_name: str, preset: Preset, workdir: Path, args) -> dict:
     """Train and evaluate every method of one mask setting; writes its tables and figures."""
     data = load_data(preset, mask_name, args.data)
     tr, test = data["train"], data["test"]
+    check_batch_size(args.batch_size or preset.batch_size, len(tr["target"]))
     print(f"[{mask_name}] {len(tr['target'])} train / {len(test['target'])} test slices, "
           f"{test['target'].shape[-1]}px HR, LR sampled fraction {test['mask'].mean():.3f}")
     batch = min(args.batch_size or preset.batch_size, len(test["target"]))
@@ -459,12 +466,14 @@ def run_mask(mask_name: str, preset: Preset, workdir: Path, args) -> dict:
     return tables
 
 
+@exit_on_user_error()
 def main(argv: list[str] | None = None) -> dict:
     """Run the experiment; returns ``{mask: {'table1': summary, 'table3': summary}}``."""
     parser = experiment_parser(__doc__, presets=PRESETS, name="joint_recsr")
     args = parser.parse_args(argv)
     setup = setup_from_args(args)
     preset, workdir = setup.preset, setup.workdir
+    check_batch_size(args.batch_size, preset.num_train, what="training slices of the preset")
     print(f"joint_recsr: preset {setup.preset_name}, workdir {workdir}")
     start = time.perf_counter()
     results = {}

@@ -80,6 +80,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from jaxmri.data import acquire_slices, load_slices
+from jaxmri.errors import UserInputError
 from jaxmri.metrics import lpips, psnr, ssim
 from jaxmri.models import refine as refine_model
 from jaxmri.models.segmenter import (
@@ -100,7 +101,13 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.train.cli import exit_on_training_stop, experiment_parser, setup_from_args
+from jaxmri.train.cli import (
+    check_batch_size,
+    exit_on_training_stop,
+    exit_on_user_error,
+    experiment_parser,
+    setup_from_args,
+)
 from jaxmri.train.figures import save_panel
 
 NUM_CLASSES = 4  # background, CSF, grey matter, white matter (embedded MNI152 labels)
@@ -187,6 +194,9 @@ def _acquire(slices, indices, *, preset: Preset, seed: int) -> dict[str, np.ndar
 def recon_batches(slices, *, preset: Preset, batch_size: int, seed: int):
     """``batch_fn(step)``: random training slices with a fresh mask, phase and noise per step."""
     n = len(slices["image"])
+    if not 0 < batch_size <= n:
+        raise UserInputError(f"batch size {batch_size} does not fit the {n} training slices: "
+                             f"use a batch size from 1 to {n} (--batch-size)")
 
     def batch_fn(step: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(np.random.SeedSequence([seed, step]))
@@ -425,6 +435,7 @@ def _override(preset: Preset, steps: int | None, batch: int | None) -> Preset:
     return dataclasses.replace(preset, **changes)
 
 
+@exit_on_user_error()
 def main(argv: list[str] | None = None) -> dict:
     parser = experiment_parser(__doc__, presets=PRESETS, name="refine")
     args = parser.parse_args(argv)
@@ -442,11 +453,13 @@ def main(argv: list[str] | None = None) -> dict:
 def _run(preset: Preset, workdir: Path, *, data, seed: int, resume) -> dict:
     size = preset.image_size
     train = load_slices(data, image_size=size, split="train")
+    if "labels" not in train:
+        raise UserInputError("the SIS needs segmentation labels, which this --data has not: "
+                             "use the embedded data (no --data)")
+    check_batch_size(max(preset.seg_batch, preset.recnet_batch, preset.refine_batch,
+                         preset.joint_batch), len(train["image"]))
     val = load_slices(data, image_size=size, split="val")
     test = load_slices(data, image_size=size, split="test")
-    if "labels" not in train:
-        raise ValueError("the SIS needs segmentation labels: use the embedded data or a NIfTI "
-                         "volume with --data and its labels")
     print(f"[refine] {len(train['image'])} train / {len(val['image'])} val / "
           f"{len(test['image'])} test slices of {size} px, 8x 1-D Gaussian masks")
 

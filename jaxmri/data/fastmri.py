@@ -32,6 +32,7 @@ each file (the rule of :mod:`jaxmri.data.slicing`).
 from __future__ import annotations
 
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
@@ -41,6 +42,7 @@ import numpy as np
 from jaxmri._checks import check_complex, check_finite, check_positive
 from jaxmri.data.slicing import DEFAULT_FRACTIONS, SPLITS, split_assignment
 from jaxmri.data._host_fft import host_fft2c, host_ifft2c, host_rss
+from jaxmri.errors import MissingInputError, UserInputError
 
 __all__ = [
     "write_fastmri_h5",
@@ -106,7 +108,8 @@ def _header_sizes(xml: bytes) -> tuple[tuple[int, int], tuple[int, int]]:
         for axis in "xy":
             node = root.find(f"m:encoding/m:{space}/m:matrixSize/m:{axis}", ns)
             if node is None or node.text is None:
-                raise ValueError(f"ismrmrd_header has no encoding/{space}/matrixSize/{axis}")
+                raise UserInputError(
+                    f"ismrmrd_header has no encoding/{space}/matrixSize/{axis}")
             values.append(int(node.text))
         return values[0], values[1]
 
@@ -193,51 +196,61 @@ def read_fastmri_h5(path: str | os.PathLike) -> dict:
       header: the k-space and reconstruction shapes) and ``attrs`` (dict of the file's attrs).
 
     Raises:
-      FileNotFoundError: no such file.
-      ValueError: not an HDF5 file, no ``kspace`` dataset, k-space that is not complex with 3 or
+      MissingInputError (a ``FileNotFoundError``): no such file.
+      UserInputError (a ``ValueError``), naming the file: not an HDF5 file, a truncated or
+        otherwise unreadable one, no ``kspace`` dataset, k-space that is not complex with 3 or
         4 axes, non-finite k-space, a reconstruction or header whose shapes do not match.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"fastMRI file {path!r} does not exist")
+        raise MissingInputError(f"fastMRI file {path!r} does not exist")
     if not h5py.is_hdf5(path):
-        raise ValueError(f"{path!r} is not an HDF5 file")
-    with h5py.File(path, "r") as f:
-        if "kspace" not in f:
-            raise ValueError(
-                f"HDF5 file {path!r} has no 'kspace' dataset (found: {sorted(f.keys())})"
-            )
-        kspace = f["kspace"][()]
-        recon = None
-        for name in ("reconstruction_rss", "reconstruction_esc"):
-            if name in f:
-                recon = np.asarray(f[name][()], np.float32)
-        header = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
-        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        raise UserInputError(f"{path!r} is not an HDF5 file")
+    try:
+        with h5py.File(path, "r") as f:
+            if "kspace" not in f:
+                raise UserInputError(
+                    f"HDF5 file {path!r} has no 'kspace' dataset (found: {sorted(f.keys())}); "
+                    "pass fastMRI files"
+                )
+            kspace = f["kspace"][()]
+            recon = None
+            for name in ("reconstruction_rss", "reconstruction_esc"):
+                if name in f:
+                    recon = np.asarray(f[name][()], np.float32)
+            header = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    except OSError as err:  # h5py's error for a truncated or damaged file names no file
+        reason = " ".join(str(err).split())
+        raise UserInputError(f"HDF5 file {path!r} cannot be read ({reason}); the file is "
+                             "damaged or incomplete: copy it again") from None
     if np.asarray(kspace).dtype.kind != "c" or kspace.ndim not in (3, 4):
-        raise ValueError(
+        raise UserInputError(
             f"'kspace' in {path!r} must be complex (slices, [coils,] H, W), got dtype "
             f"{kspace.dtype} and shape {kspace.shape}"
         )
     kspace = kspace.astype(np.complex64)
     if not np.all(np.isfinite(kspace)):
-        raise ValueError(f"'kspace' in {path!r} contains non-finite values (NaN or inf)")
+        raise UserInputError(f"'kspace' in {path!r} contains non-finite values (NaN or inf)")
     if header is not None:
         try:
             xml = header.encode() if isinstance(header, str) else bytes(header)
             encoded, recon_size = _header_sizes(xml)
         except ET.ParseError as err:
-            raise ValueError(f"ismrmrd_header in {path!r} is not valid XML: {err}") from None
+            raise UserInputError(
+                f"ismrmrd_header in {path!r} is not valid XML: {err}") from None
+        except UserInputError as err:
+            raise UserInputError(f"{path!r}: {err}") from None
     else:
         encoded = tuple(kspace.shape[-2:])
         recon_size = tuple(recon.shape[-2:]) if recon is not None else encoded
     if any(r > k for r, k in zip(recon_size, kspace.shape[-2:])):
-        raise ValueError(
+        raise UserInputError(
             f"mismatched shapes in {path!r}: recon size {recon_size} exceeds the k-space size "
             f"{kspace.shape[-2:]}"
         )
     if recon is not None and recon.shape != (kspace.shape[0], *recon_size):
-        raise ValueError(
+        raise UserInputError(
             f"mismatched shapes in {path!r}: reconstruction has shape {recon.shape}, expected "
             f"{(kspace.shape[0], *recon_size)} (slices of kspace, recon size of the header)"
         )
@@ -255,14 +268,14 @@ def list_fastmri_files(path: str | os.PathLike) -> list[str]:
     """The ``.h5`` files of a folder, sorted by name (or ``[path]`` for one file)."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"fastMRI path {path!r} does not exist")
+        raise MissingInputError(f"fastMRI path {path!r} does not exist")
     if os.path.isfile(path):
         return [path]
     files = sorted(
         os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(H5_SUFFIXES)
     )
     if not files:
-        raise ValueError(f"folder {path!r} holds no fastMRI files (*.h5)")
+        raise UserInputError(f"folder {path!r} holds no fastMRI files (*.h5)")
     return files
 
 
@@ -281,7 +294,13 @@ def _fourier_resample(coil_images: np.ndarray, size: int) -> np.ndarray:
     return host_ifft2c(out) * np.float32(size / n)
 
 
-def _volume_slices(record: dict, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+# A slice whose RSS image stays below this fraction of its volume's maximum is blank (all-zero
+# k-space, or only float round-off): no metric with the slice's own peak is defined on it.
+BLANK_SLICE_FRACTION = 1e-6
+
+
+def _volume_slices(record: dict, image_size: int,
+                   path: str = "") -> tuple[np.ndarray, np.ndarray]:
     kspace = record["kspace"] if record["multicoil"] else record["kspace"][:, None]
     images = center_crop(host_ifft2c(kspace), record["recon_size"])
     side = min(images.shape[-2:])
@@ -289,7 +308,8 @@ def _volume_slices(record: dict, image_size: int) -> tuple[np.ndarray, np.ndarra
     magnitude = host_rss(images, axis=1)
     scale = float(magnitude.max())
     if scale <= 0:
-        raise ValueError("fastMRI volume is all zeros after cropping")
+        raise UserInputError(f"fastMRI file {path!r} is all zeros after cropping to the "
+                             "recon size (blank k-space); remove it from the data")
     kspace_out = host_fft2c(images / np.float32(scale))
     return kspace_out, magnitude / scale
 
@@ -313,14 +333,19 @@ def load_fastmri_slices(
       split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
       fractions, cycle, guard: split rule (by file with >= 3 files, else by slice position).
 
+    Blank slices (RSS image below :data:`BLANK_SLICE_FRACTION` of the volume maximum, e.g. an
+    all-zero k-space slice) are dropped with a warning naming the file and slice positions:
+    a blank target has no PSNR or SSIM and would stop the evaluation at the end of a run.
+
     Returns:
       Slices dict: ``kspace`` ``(N, C, S, S)`` complex64 (fully sampled, as measured),
       ``image`` ``(N, S, S)`` float32 ``= rss(ifft2c(kspace))`` in ``[0, 1]``, ``orientation``
       (all ``-1``), ``position`` (slice index in its file), ``volume`` (file index) ``(N,)``.
 
     Raises:
-      FileNotFoundError, ValueError: see :func:`read_fastmri_h5`; also an empty folder, files
-        with different coil counts ("mismatched shapes") and an empty split.
+      MissingInputError, UserInputError: see :func:`read_fastmri_h5`; also an empty folder,
+        an all-zero volume, files with different coil counts ("mismatched shapes") and an
+        empty split.
     """
     check_positive(image_size, "image_size")
     if split not in SPLITS + ("all",):
@@ -341,14 +366,19 @@ def load_fastmri_slices(
 
     parts = {"kspace": [], "image": [], "position": [], "volume": []}
     for i in chosen:
-        kspace, image = _volume_slices(read_fastmri_h5(files[i]), image_size)
+        kspace, image = _volume_slices(read_fastmri_h5(files[i]), image_size, files[i])
         positions = np.arange(kspace.shape[0])
         if not by_file and wanted is not None:
             keep = split_assignment(positions, fractions=fractions, cycle=cycle,
                                     guard=guard) == wanted
             kspace, image, positions = kspace[keep], image[keep], positions[keep]
+        blank = image.max(axis=(-2, -1)) <= BLANK_SLICE_FRACTION
+        if blank.any():
+            warnings.warn(f"fastMRI file {files[i]!r}: skipping {int(blank.sum())} blank "
+                          f"slice(s) at position(s) {positions[blank].tolist()}", stacklevel=2)
+            kspace, image, positions = kspace[~blank], image[~blank], positions[~blank]
         if parts["kspace"] and kspace.shape[1] != parts["kspace"][0].shape[1]:
-            raise ValueError(
+            raise UserInputError(
                 f"mismatched shapes: {files[i]!r} has {kspace.shape[1]} coils, "
                 f"{files[chosen[0]]!r} has {parts['kspace'][0].shape[1]}"
             )
@@ -358,7 +388,7 @@ def load_fastmri_slices(
         parts["volume"].append(np.full(len(positions), i))
     n_slices = sum(len(p) for p in parts["position"])
     if n_slices == 0:
-        raise ValueError(
+        raise UserInputError(
             f"split {split!r} of {os.fspath(path)!r} is empty ({len(files)} file(s)); use "
             "split='all', a smaller guard, or more files"
         )

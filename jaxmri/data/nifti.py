@@ -3,19 +3,28 @@
 The volume is reoriented to the closest RAS-canonical orientation (``nibabel.as_closest_canonical``)
 so that the orientation ids 0/1/2 mean sagittal/coronal/axial, its voxel sizes are taken from the
 header, and it is sliced exactly like the embedded template
-(:func:`jaxmri.data.slicing.volume_to_slices`). A 4-D file (e.g. fMRI, DWI) contributes its first
-volume only, with a warning.
+(:func:`jaxmri.data.slicing.volume_to_slices`).
+
+What is refused, with a :class:`jaxmri.errors.UserInputError` naming the file (never guessed):
+
+* a complex-valued image (``complex64``/``complex128`` data type): every pipeline here reads
+  real magnitude volumes, and taking the real part (what ``np.asarray(..., float32)`` would do)
+  silently drops half the signal. The message says to save the magnitude ``np.abs(volume)``.
+* a 4-D file with more than one volume (fMRI, DWI): which volume is meant is the user's choice.
+  A 4-D file whose fourth axis has length 1 is read as the 3-D volume it is.
+* other dimensionalities, non-finite voxels, a constant volume, and a volume too small to give
+  every split slices.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from jaxmri.data.slicing import DEFAULT_FRACTIONS, ORIENTATIONS, volume_to_slices
+from jaxmri.errors import MissingInputError, UserInputError
 
 __all__ = ["read_nifti", "load_nifti_slices"]
 
@@ -32,30 +41,47 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float,
       ``(volume, spacing)``: ``float32`` ``(X, Y, Z)`` array and the voxel size in mm.
 
     Raises:
-      FileNotFoundError: ``path`` does not exist.
-      ValueError: the file is not a readable NIfTI image, is not 3-D or 4-D, or holds
-        non-finite values.
+      MissingInputError (a ``FileNotFoundError``): ``path`` does not exist.
+      UserInputError (a ``ValueError``): the file is not a readable NIfTI image (truncated,
+        another format), holds complex values, is not 3-D (or 4-D with one volume), or holds
+        non-finite values. See the module docstring.
     """
     import nibabel as nib  # imported lazily: only NIfTI users pay for it
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"NIfTI file {path!r} does not exist")
+        raise MissingInputError(f"NIfTI file {path!r} does not exist")
     try:
         img = nib.as_closest_canonical(nib.load(path))
+        stored = np.dtype(img.get_data_dtype())
+        if stored.kind == "c":
+            raise UserInputError(
+                f"NIfTI file {path!r} holds complex values ({stored}); jaxmri reads real "
+                "magnitude volumes and will not take the real part: save the magnitude "
+                "(numpy.abs of the volume) as a real NIfTI and pass that"
+            )
         data = np.asarray(img.dataobj, np.float32)
+    except UserInputError:
+        raise
     except Exception as err:  # nibabel raises several types for a corrupt or foreign file
-        raise ValueError(f"{path!r} is not a valid NIfTI file: {err}") from None
-    if data.ndim == 4:
-        warnings.warn(
-            f"{path!r} is 4-D with shape {data.shape}; using its first volume only",
-            stacklevel=2,
-        )
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UserInputError(f"{path!r} is not a readable NIfTI file ({reason}); pass a "
+                             "complete .nii or .nii.gz image") from None
+    if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
+    if data.ndim == 4:
+        raise UserInputError(
+            f"NIfTI file {path!r} is 4-D with {data.shape[3]} volumes (shape {data.shape}); "
+            "pass one 3-D volume (e.g. save img.slicer[..., 0] with nibabel)"
+        )
     if data.ndim != 3:
-        raise ValueError(f"NIfTI file {path!r} must hold a 3-D volume, got shape {data.shape}")
+        raise UserInputError(
+            f"NIfTI file {path!r} must hold a 3-D volume, got shape {data.shape}")
     if not np.all(np.isfinite(data)):
-        raise ValueError(f"NIfTI file {path!r} contains non-finite values (NaN or inf)")
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        raise UserInputError(
+            f"NIfTI file {path!r} contains {bad} non-finite voxels (NaN or inf); fix or mask "
+            "them before training")
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
     return data, spacing
 
@@ -89,27 +115,31 @@ def load_nifti_slices(
       ``(N, S, S)`` uint8 when ``labels_path`` is given.
 
     Raises:
-      FileNotFoundError, ValueError: see :func:`read_nifti`; also a label volume whose shape
-        differs from the image's ("mismatched shapes").
+      MissingInputError, UserInputError: see :func:`read_nifti`; also a label volume whose
+        shape differs from the image's ("mismatched shapes"), a constant volume and a volume
+        too small to give ``split`` any slice (each message names the file).
     """
     volume, spacing = read_nifti(path)
     label_volume = None
     if labels_path is not None:
         label_volume, _ = read_nifti(labels_path)
         if label_volume.shape != volume.shape:
-            raise ValueError(
+            raise UserInputError(
                 f"mismatched shapes: labels {os.fspath(labels_path)!r} has shape "
                 f"{label_volume.shape} but image {os.fspath(path)!r} has {volume.shape}"
             )
-    return volume_to_slices(
-        volume,
-        image_size=image_size,
-        split=split,
-        orientations=orientations,
-        spacing=spacing,
-        label_volume=label_volume,
-        min_foreground=min_foreground,
-        fractions=fractions,
-        cycle=cycle,
-        guard=guard,
-    )
+    try:
+        return volume_to_slices(
+            volume,
+            image_size=image_size,
+            split=split,
+            orientations=orientations,
+            spacing=spacing,
+            label_volume=label_volume,
+            min_foreground=min_foreground,
+            fractions=fractions,
+            cycle=cycle,
+            guard=guard,
+        )
+    except UserInputError as err:  # the volume's content: say which file it is
+        raise UserInputError(f"NIfTI file {os.fspath(path)!r}: {err}") from None

@@ -41,6 +41,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxmri._checks import check_finite, check_ndim, check_positive
+from jaxmri.errors import UserInputError
 
 __all__ = [
     "ORIENTATIONS",
@@ -248,7 +249,7 @@ def volume_to_slices(
 
     lo, hi = float(volume.min()), float(volume.max())
     if hi <= lo:
-        raise ValueError(f"volume is constant (all values {lo}); nothing to slice")
+        raise UserInputError(f"volume is constant (all values {lo}); nothing to slice")
     norm = ((volume - lo) / (hi - lo)).astype(np.float32)
     foreground = norm > foreground_threshold
     box = _foreground_box(foreground, margin)
@@ -284,7 +285,7 @@ def volume_to_slices(
             out["position"].append(position)
 
     if not out["image"]:
-        raise ValueError(
+        raise UserInputError(
             f"split {split!r} is empty for a volume of shape {volume.shape}: too few usable "
             "slices for the split rule; use split='all', a smaller guard or a larger volume"
         )

@@ -24,6 +24,7 @@ from jaxmri.data.embedded import mni152_slices
 from jaxmri.data.fastmri import H5_SUFFIXES, load_fastmri_slices
 from jaxmri.data.nifti import NIFTI_SUFFIXES, load_nifti_slices
 from jaxmri.data.slicing import DEFAULT_FRACTIONS, ORIENTATIONS
+from jaxmri.errors import MissingInputError, UserInputError
 
 __all__ = ["source_kind", "load_slices"]
 
@@ -32,14 +33,15 @@ def source_kind(data: str | os.PathLike | None) -> str:
     """Classify ``data`` as ``"mni152"``, ``"nifti"`` or ``"fastmri"``.
 
     Raises:
-      FileNotFoundError: the path does not exist.
-      ValueError: a file that is neither NIfTI (by suffix) nor HDF5 (by content).
+      MissingInputError (a ``FileNotFoundError``): the path does not exist.
+      UserInputError (a ``ValueError``): a file that is neither NIfTI (by suffix) nor HDF5 (by
+        content).
     """
     if data is None:
         return "mni152"
     path = os.fspath(data)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"data path {path!r} does not exist")
+        raise MissingInputError(f"data path {path!r} does not exist")
     if os.path.isdir(path):
         return "fastmri"
     name = path.lower()
@@ -49,8 +51,9 @@ def source_kind(data: str | os.PathLike | None) -> str:
     if h5py.is_hdf5(path):
         return "fastmri"
     if name.endswith(H5_SUFFIXES):
-        raise ValueError(f"{path!r} is not an HDF5 file (its content has no HDF5 signature)")
-    raise ValueError(
+        raise UserInputError(
+            f"{path!r} is not an HDF5 file (its content has no HDF5 signature)")
+    raise UserInputError(
         f"{path!r} is neither a NIfTI file (.nii, .nii.gz) nor an HDF5 file (fastMRI .h5), "
         "nor a folder of .h5 files"
     )

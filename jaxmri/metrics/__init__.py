@@ -11,6 +11,15 @@ Conventions shared by every metric
 * Options are keyword-only. ``data_range=None`` means the per-image maximum of ``target``;
   fastMRI uses the volume maximum, which callers pass explicitly (scalar or an array broadcastable
   to the leading axes).
+* Two conventions for volumes ``(S, H, W)``. Per image (:func:`psnr`, :func:`nmse`,
+  :func:`ssim`, ...): one value per slice, each with its own peak. fastMRI's evaluation
+  (:func:`volume_psnr`, :func:`volume_nmse`, :func:`volume_ssim`,
+  :func:`fastmri_volume_metrics`): PSNR and NMSE over all voxels of the volume, SSIM per slice
+  with the volume maximum, averaged; use these to compare with fastMRI papers.
+* Value contract: finite inputs, positive peaks, target images that are not all zero. With
+  concrete inputs a violation raises ``ValueError`` naming the argument and image; inside
+  ``jit``/``grad`` values are not checked (NaN or inf come out); see
+  :mod:`~jaxmri.metrics.quality`.
 * Everything is jit- and vmap-able (no Python control flow on values). :func:`ssim`,
   :func:`ssim_contrast`, :func:`ms_ssim` and :func:`lpips` are differentiable and usable as losses
   (paper 000 trains with ``0.16 L1 + 0.84 (1 - MS-SSIM)``).
@@ -27,6 +36,7 @@ own graded distortions: NOT the published BRISQUE regressor).
 from jaxmri.metrics.brisque import brisque_features, fit_aggd, fit_ggd, mscn_coefficients
 from jaxmri.metrics.perceptual import features, load_pretrained, lpips
 from jaxmri.metrics.quality import (
+    fastmri_volume_metrics,
     hfen,
     ms_ssim,
     ms_ssim_num_scales,
@@ -34,6 +44,9 @@ from jaxmri.metrics.quality import (
     psnr,
     ssim,
     ssim_contrast,
+    volume_nmse,
+    volume_psnr,
+    volume_ssim,
 )
 from jaxmri.metrics.segmentation import dice, soft_dice_loss
 
@@ -45,6 +58,10 @@ __all__ = [
     "ms_ssim",
     "ms_ssim_num_scales",
     "hfen",
+    "volume_psnr",
+    "volume_nmse",
+    "volume_ssim",
+    "fastmri_volume_metrics",
     "lpips",
     "features",
     "load_pretrained",

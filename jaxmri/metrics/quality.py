@@ -8,7 +8,25 @@ and jit-able; ``ssim``, ``ssim_contrast`` and ``ms_ssim`` are differentiable wit
 
 ``data_range`` (PSNR, SSIM family): ``None`` means the per-image maximum of ``target``. fastMRI
 uses the maximum of the whole *volume*; pass it explicitly (a scalar, or an array broadcastable
-to the leading axes ``(...)``) to reproduce fastMRI numbers.
+to the leading axes ``(...)``) to reproduce fastMRI numbers, or use the volume metrics below.
+
+Per image or per volume. :func:`psnr`, :func:`nmse`, :func:`ssim` (and the rest) give one value
+per 2-D image, so on a volume ``(S, H, W)`` they give ``S`` values, whose mean is the mean of
+per-slice scores (each slice with its own peak unless ``data_range`` is given).
+:func:`volume_psnr`, :func:`volume_nmse`, :func:`volume_ssim` and
+:func:`fastmri_volume_metrics` are fastMRI's evaluation (``fastmri/evaluate.py``): PSNR and NMSE
+over all voxels of the volume at once, with the volume maximum as peak, and SSIM computed per
+slice with the volume maximum as ``data_range``, then averaged over slices. Use them to compare
+with numbers from fastMRI papers; the two PSNR conventions differ (by 0.1 dB on a brain volume).
+
+Value contract. Inputs must be finite; with ``data_range=None`` every target image needs a
+maximum > 0; an explicit ``data_range`` must be finite and > 0; NMSE and HFEN need target images
+that are not all zero (they divide by a norm of the target). Called with concrete values (numpy
+or JAX arrays, Python numbers) every public metric checks this and raises ``ValueError`` naming
+the argument and the first bad image, instead of returning NaN or -inf. Inside ``jax.jit``,
+``jax.grad`` or ``vmap`` the values are unknown and are not checked: there a NaN input gives NaN,
+a zero peak gives +-inf or NaN. Validate on the host before tracing, or wrap the call in
+``jax.experimental.checkify`` with ``checkify.float_checks`` to catch the NaN it produces.
 
 Filtering is done with separable 'valid' convolutions at the highest precision. For SSIM this is
 exactly scikit-image's "filter with mode='reflect', then crop (win_size - 1) // 2 pixels at each
@@ -31,7 +49,19 @@ from jax import lax
 
 from jaxmri._checks import check_ndim, check_positive, check_real, check_same_shape
 
-__all__ = ["psnr", "nmse", "ssim", "ssim_contrast", "ms_ssim", "ms_ssim_num_scales", "hfen"]
+__all__ = [
+    "psnr",
+    "nmse",
+    "ssim",
+    "ssim_contrast",
+    "ms_ssim",
+    "ms_ssim_num_scales",
+    "hfen",
+    "volume_psnr",
+    "volume_nmse",
+    "volume_ssim",
+    "fastmri_volume_metrics",
+]
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 # Floor applied to the per-scale MS-SSIM terms before the fractional power: x ** w has an
@@ -73,12 +103,19 @@ def _as_batch(x) -> tuple[jnp.ndarray, tuple[int, ...]]:
 
 
 def _check_data_range(data_range, lead: tuple[int, ...]) -> None:
-    """Static checks of a ``data_range`` argument for images with leading axes ``lead``."""
+    """Checks of a ``data_range`` argument for images with leading axes ``lead``: its shape and
+    dtype, and, when it is concrete (a number or a numpy/JAX array outside a trace), that every
+    value is finite and > 0."""
     if data_range is None:
         return
     check_real(_abstract(data_range), "data_range")
-    if isinstance(data_range, (int, float)):
-        check_positive(float(data_range), "data_range")
+    if _is_concrete(data_range):
+        values = np.asarray(data_range, np.float64)
+        bad = ~(np.isfinite(values) & (values > 0))
+        if bad.any():
+            raise ValueError(f"data_range must be finite and > 0, got {values[bad].ravel()[0]}"
+                             + (f" (in {int(bad.sum())} of {values.size} values)"
+                                if values.size > 1 else ""))
     shape = tuple(np.shape(data_range))
     try:
         ok = tuple(np.broadcast_shapes(shape, lead)) == lead
@@ -89,6 +126,54 @@ def _check_data_range(data_range, lead: tuple[int, ...]) -> None:
             f"data_range must be a scalar or broadcastable to the leading axes {lead}, "
             f"got shape {shape}"
         )
+
+
+def _is_concrete(x) -> bool:
+    """True for Python numbers and numpy/JAX arrays with values; False inside ``jit``/``grad``."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _first_image(flags: np.ndarray) -> tuple[int, ...]:
+    """Index ``(...)`` of the first True entry of a per-image flag array."""
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(flags)), flags.shape))
+
+
+def _check_values(pred, target, data_range, *, peak: bool, energy: bool) -> None:
+    """The value contract of the metrics, checked when the inputs are concrete.
+
+    * ``pred`` and ``target`` hold no NaN or inf;
+    * ``peak`` (metrics whose ``data_range=None`` is the per-image target maximum): with
+      ``data_range=None`` every target image has a maximum > 0;
+    * ``energy`` (NMSE, HFEN, which divide by a norm of the target): no target image is all zero.
+
+    Inside ``jax.jit``/``jax.grad`` the values are unknown and nothing is checked (see the
+    module docstring). Raises ``ValueError`` naming the argument and the first bad image.
+    """
+    for name, x in (("pred", pred), ("target", target)):
+        if _is_concrete(x):
+            values = np.asarray(x)
+            finite = np.isfinite(values)
+            if not finite.all():
+                raise ValueError(f"{name} contains {int(values.size - finite.sum())} non-finite "
+                                 "values (NaN or inf); every metric of it would be NaN")
+    if not _is_concrete(target):
+        return
+    values = np.asarray(target)
+    if peak and data_range is None:
+        maxima = values.max(axis=(-2, -1))
+        if (maxima <= 0).any():
+            where = _first_image(maxima <= 0)
+            raise ValueError(
+                f"target image {where} has maximum {maxima[where]} <= 0 (all zero?), so "
+                "data_range=None (the per-image target maximum) is not a valid peak: pass "
+                "data_range, or leave blank images out"
+            )
+    if energy:
+        blank = ~np.any(values != 0, axis=(-2, -1))
+        if blank.any():
+            where = _first_image(blank)
+            raise ValueError(f"target image {where} is all zero: this metric divides by a norm "
+                             "of the target; leave blank images out")
 
 
 def _data_range(data_range, target: jnp.ndarray, lead: tuple[int, ...]) -> jnp.ndarray:
@@ -199,6 +284,7 @@ def _ssim_family(pred, target, data_range, window, win_size, sigma, k1, k2):
     check_positive(k1, "k1", allow_zero=True)
     check_positive(k2, "k2", allow_zero=True)
     _check_data_range(data_range, tuple(np.shape(pred)[:-2]))
+    _check_values(pred, target, data_range, peak=True, energy=False)
     win_size = _resolve_window(window, win_size, sigma, tuple(np.shape(pred)[-2:]))
     return _ssim_means(pred, target, data_range, window=window, win_size=win_size,
                        sigma=float(sigma), k1=float(k1), k2=float(k2))
@@ -209,7 +295,10 @@ def _ssim_family(pred, target, data_range, window, win_size, sigma, k1, k2):
 
 
 def psnr(pred, target, *, data_range=None) -> jnp.ndarray:
-    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / mse)`` per image.
+    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / mse)`` per 2-D image.
+
+    Per-image convention: a volume ``(S, H, W)`` gives ``S`` values. fastMRI's volume PSNR (one
+    MSE over all voxels, the volume maximum as peak) is :func:`volume_psnr`.
 
     Args:
       pred, target: real images ``(..., H, W)`` of the same shape.
@@ -221,6 +310,7 @@ def psnr(pred, target, *, data_range=None) -> jnp.ndarray:
     """
     _check_image_pair(pred, target)
     _check_data_range(data_range, tuple(np.shape(pred)[:-2]))
+    _check_values(pred, target, data_range, peak=True, energy=False)
     return _psnr(pred, target, data_range)
 
 
@@ -234,7 +324,9 @@ def _psnr(pred, target, data_range):
 
 
 def nmse(pred, target) -> jnp.ndarray:
-    """Normalised mean squared error ``||target - pred||^2 / ||target||^2`` per image.
+    """Normalised mean squared error ``||target - pred||^2 / ||target||^2`` per 2-D image.
+
+    Per-image convention; fastMRI's NMSE over a whole volume is :func:`volume_nmse`.
 
     Args:
       pred, target: real images ``(..., H, W)`` of the same shape.
@@ -243,6 +335,7 @@ def nmse(pred, target) -> jnp.ndarray:
       ``(...)`` float array (fastMRI's NMSE, computed per image rather than per volume).
     """
     _check_image_pair(pred, target)
+    _check_values(pred, target, None, peak=False, energy=True)
     return _nmse(pred, target)
 
 
@@ -265,7 +358,10 @@ def ssim(
     k1: float = 0.01,
     k2: float = 0.03,
 ) -> jnp.ndarray:
-    """Mean structural similarity per image (differentiable).
+    """Mean structural similarity per 2-D image (differentiable).
+
+    Per-image convention with the per-image target maximum as ``data_range`` by default;
+    fastMRI's volume SSIM (each slice with the volume maximum, averaged) is :func:`volume_ssim`.
 
     Conventions (each matches ``skimage.metrics.structural_similarity`` to float32 precision):
 
@@ -389,6 +485,7 @@ def ms_ssim(
     check_positive(k1, "k1", allow_zero=True)
     check_positive(k2, "k2", allow_zero=True)
     _check_data_range(data_range, tuple(np.shape(pred)[:-2]))
+    _check_values(pred, target, data_range, peak=True, energy=False)
     _check_window(win_size, "win_size", tuple(np.shape(pred)[-2:]))
     return _ms_ssim(pred, target, data_range, weights=weights, win_size=int(win_size),
                     sigma=float(sigma), k1=float(k1), k2=float(k2))
@@ -460,6 +557,7 @@ def hfen(pred, target, *, sigma: float = 1.5, size: int = 15) -> jnp.ndarray:
     _check_image_pair(pred, target)
     check_positive(sigma, "sigma")
     _check_window(size, "size", tuple(np.shape(pred)[-2:]))
+    _check_values(pred, target, None, peak=False, energy=True)
     return _hfen(pred, target, sigma=float(sigma), size=int(size))
 
 
@@ -472,3 +570,96 @@ def _hfen(pred, target, *, sigma, size):
     num = jnp.sqrt(jnp.sum((log_x - log_y) ** 2, axis=(-2, -1)))
     den = jnp.sqrt(jnp.sum(log_y**2, axis=(-2, -1)))
     return (num / den).reshape(lead)
+
+
+# ----------------------------------------------------------------------------------------------
+# fastMRI's volume evaluation (fastmri/evaluate.py).
+
+
+def _check_volume_pair(pred, target) -> tuple[int, ...]:
+    _check_image_pair(pred, target)
+    check_ndim(pred, "pred", min_ndim=3)
+    return tuple(np.shape(pred))
+
+
+def _voxels_as_one_image(x):
+    """``(..., S, H, W) -> (..., S * H, W)``: the per-image metrics then see one volume."""
+    shape = np.shape(x)
+    return jnp.reshape(jnp.asarray(x), shape[:-3] + (shape[-3] * shape[-2], shape[-1]))
+
+
+def volume_psnr(pred, target, *, data_range=None) -> jnp.ndarray:
+    """fastMRI's volume PSNR in dB: ``10 log10(data_range^2 / mse)``, MSE over all voxels.
+
+    fastMRI's ``evaluate.psnr`` (``skimage.metrics.peak_signal_noise_ratio(gt, pred,
+    data_range=gt.max())`` on the whole volume). This is not the mean of the per-slice
+    :func:`psnr` values: one MSE over the volume, one peak (the volume maximum).
+
+    Args:
+      pred, target: real volumes ``(..., S, H, W)`` of the same shape (slices ``S``).
+      data_range: peak value; ``None`` (default) uses the maximum of each target volume.
+
+    Returns:
+      ``(...)`` float array, one value per volume.
+    """
+    _check_volume_pair(pred, target)
+    return psnr(_voxels_as_one_image(pred), _voxels_as_one_image(target),
+                data_range=data_range)
+
+
+def volume_nmse(pred, target) -> jnp.ndarray:
+    """fastMRI's volume NMSE ``||target - pred||^2 / ||target||^2``, norms over all voxels.
+
+    fastMRI's ``evaluate.nmse``. Not the mean of the per-slice :func:`nmse` values.
+
+    Args:
+      pred, target: real volumes ``(..., S, H, W)`` of the same shape.
+
+    Returns:
+      ``(...)`` float array, one value per volume.
+    """
+    _check_volume_pair(pred, target)
+    return nmse(_voxels_as_one_image(pred), _voxels_as_one_image(target))
+
+
+def volume_ssim(pred, target, *, data_range=None) -> jnp.ndarray:
+    """fastMRI's volume SSIM: the SSIM of every slice with the volume maximum, averaged.
+
+    fastMRI's ``evaluate.ssim``: ``skimage.metrics.structural_similarity(gt[s], pred[s],
+    data_range=gt.max())`` for each slice ``s`` (7 x 7 uniform window, K = 0.01 / 0.03,
+    sample covariance: the defaults of :func:`ssim`), then the mean over slices. Blank slices
+    are fine here (the peak is the volume's).
+
+    Args:
+      pred, target: real volumes ``(..., S, H, W)`` of the same shape.
+      data_range: ``None`` (default) uses the maximum of each target volume.
+
+    Returns:
+      ``(...)`` float array, one value per volume.
+    """
+    _check_volume_pair(pred, target)
+    if data_range is None:
+        _check_values(pred, target, None, peak=False, energy=False)
+        data_range = jnp.max(jnp.asarray(target), axis=(-3, -2, -1))
+        if _is_concrete(data_range) and bool(jnp.any(data_range <= 0)):
+            raise ValueError("a target volume has maximum <= 0 (all zero?), so data_range=None "
+                             "(the volume maximum) is not a valid peak: pass data_range")
+    # One range per volume, broadcast over its slices: (...) -> (..., 1).
+    per_slice = ssim(pred, target, data_range=jnp.asarray(data_range)[..., None])
+    return jnp.mean(per_slice, axis=-1)
+
+
+def fastmri_volume_metrics(pred, target) -> dict[str, jnp.ndarray]:
+    """fastMRI's evaluation of reconstructed volumes: ``{'PSNR', 'NMSE', 'SSIM'}``.
+
+    :func:`volume_psnr`, :func:`volume_nmse` and :func:`volume_ssim`, each with the target
+    volume's maximum as peak, as ``fastmri/evaluate.py`` computes them for one volume.
+
+    Args:
+      pred, target: real volumes ``(..., S, H, W)`` (magnitude images, ``pred`` first).
+
+    Returns:
+      dict of ``(...)`` float arrays.
+    """
+    return {"PSNR": volume_psnr(pred, target), "NMSE": volume_nmse(pred, target),
+            "SSIM": volume_ssim(pred, target)}

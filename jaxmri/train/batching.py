@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 import jax
 import numpy as np
 
+from jaxmri.errors import UserInputError
+
 __all__ = ["random_batches", "map_batches"]
 
 
@@ -40,8 +42,8 @@ def random_batches(arrays: Mapping[str, np.ndarray], *, batch_size: int,
     """
     n = _num_examples(arrays)
     if not 0 < batch_size <= n:
-        raise ValueError(f"batch_size must be in [1, {n}] (the number of examples), "
-                         f"got {batch_size}")
+        raise UserInputError(f"batch size {batch_size} does not fit the {n} training examples: "
+                             f"use a batch size from 1 to {n} (--batch-size)")
 
     def batch_fn(step: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(np.random.SeedSequence([seed, step]))

@@ -21,17 +21,61 @@ import argparse
 import contextlib
 import dataclasses
 import inspect
+import os
 import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxmri.errors import MissingCheckpointError, UserInputError
 from jaxmri.train import distributed
 from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_summary",
-           "exit_on_training_stop"]
+           "exit_on_training_stop", "exit_on_user_error", "check_batch_size"]
+
+# Workdirs that setup_from_args created in this process (the top-most folder it made), so that
+# exit_on_user_error can take them away again when the input turns out to be unusable.
+_created_workdirs: list[Path] = []
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _remove_empty_folders(root: Path) -> None:
+    """Remove ``root`` and the folders below it that hold no file (bottom-up); files stay."""
+    if not root.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):  # not empty: something was written, keep it
+            os.rmdir(folder)
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """Turn a :class:`jaxmri.errors.UserInputError` into ``error: <message>`` and exit code 2.
+
+    Used by every experiment's ``main`` (as a decorator or a ``with`` block). The message is
+    printed on one line on stderr, without a traceback; a workdir that :func:`setup_from_args`
+    created for this run is removed again if nothing was written into it (folders only, never a
+    file). ``--resume`` without a checkpoint is reported in terms of the flag. Every other
+    exception passes through with its traceback: on valid input it is a bug.
+    """
+    try:
+        yield
+    except UserInputError as err:
+        if isinstance(err, MissingCheckpointError):
+            message = (f"--resume was given but {err.directory} holds no readable "
+                       "checkpoint; run without --resume to start training (or pass the "
+                       "--workdir of the run to continue)")
+        else:
+            message = _one_line(str(err))
+        while _created_workdirs:
+            _remove_empty_folders(_created_workdirs.pop())
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @contextlib.contextmanager
@@ -241,20 +285,84 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
     ``args`` comes from a parser of :func:`experiment_parser`. ``args.workdir`` is filled in
     with the default when it was not given. ``jax.distributed.initialize`` runs when
     ``--num-processes`` > 1 or ``--coordinator`` is given, so call this before any other JAX
-    work. Raises ``ValueError`` naming the flag for inconsistent multi-process flags.
+    work. Raises :class:`jaxmri.errors.UserInputError` naming the flag for inconsistent
+    multi-process flags, ``--resume`` with a workdir that holds no checkpoint (checked before
+    any data is read), and a workdir that cannot be created or written.
     """
     if args.num_processes > 1 and args.coordinator is None:
-        raise ValueError("--coordinator HOST:PORT is required when --num-processes > 1")
+        raise UserInputError("--coordinator HOST:PORT is required when --num-processes > 1")
     if args.process_id >= args.num_processes:
-        raise ValueError(
+        raise UserInputError(
             f"--process-id must be < --num-processes ({args.num_processes}), got {args.process_id}"
         )
+    preset = args._presets[args.preset]
     if args.coordinator is not None:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     if args.workdir is None:
         args.workdir = Path("runs") / args.experiment / args.preset
     workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    return ExperimentSetup(
-        preset_name=args.preset, preset=args._presets[args.preset], workdir=workdir
-    )
+    _created_workdirs.clear()  # only this run's workdir is ever taken away again
+    if args.resume and not _holds_checkpoint(workdir):
+        raise MissingCheckpointError(
+            f"--resume was given but {workdir} holds no checkpoint", workdir)
+    created = _make_workdir(workdir)
+    if created is not None:
+        _created_workdirs.append(created)
+    return ExperimentSetup(preset_name=args.preset, preset=preset, workdir=workdir)
+
+
+def _holds_checkpoint(workdir: Path) -> bool:
+    """Whether any ``checkpoints/<step>`` folder of :func:`jaxmri.train.fit` lies in ``workdir``
+    (an experiment trains its models in subfolders of the workdir)."""
+    if not workdir.is_dir():
+        return False
+    return any(step.is_dir() and step.name.isdigit()
+               for folder in workdir.rglob("checkpoints") if folder.is_dir()
+               for step in folder.iterdir())
+
+
+def _make_workdir(workdir: Path) -> Path | None:
+    """Create ``workdir`` (and its parents); return the top-most folder created, or ``None``.
+
+    Raises :class:`UserInputError` naming ``--workdir`` when it is a file, lies below a file, or
+    cannot be written.
+    """
+    existing = workdir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == workdir else f"lies below the file {existing}"
+        raise UserInputError(f"--workdir {workdir} {where}; choose a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"--workdir {workdir} is not writable ({existing}: permission "
+                             "denied); choose another --workdir")
+    top = None
+    if existing != workdir:
+        top = workdir
+        while top.parent != existing:
+            top = top.parent
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".jaxmri_write_test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        if top is not None:
+            _remove_empty_folders(top)
+        raise UserInputError(f"--workdir {workdir} cannot be written ({err.strerror}); choose "
+                             "another --workdir") from None
+    return top
+
+
+def check_batch_size(batch_size: int | None, num_examples: int, *,
+                     what: str = "training slices") -> None:
+    """Raise :class:`UserInputError` naming ``--batch-size`` if it exceeds ``num_examples``.
+
+    For experiments that draw distinct examples per batch: call it as soon as the number is
+    known (a preset's ``num_train`` before loading, the loaded split right after loading), so
+    the error comes before minutes of data simulation or training. ``None`` (flag not given)
+    passes.
+    """
+    if batch_size is not None and batch_size > num_examples:
+        raise UserInputError(f"--batch-size {batch_size} is larger than the {num_examples} "
+                             f"{what}; use --batch-size {num_examples} or less")

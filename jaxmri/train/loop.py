@@ -44,6 +44,8 @@ Checkpoints (orbax ``CheckpointManager`` in ``<workdir>/checkpoints/<step>``) ho
 unreplicated state (as host numpy arrays) and ``{'step': s}``. Orbax writes each checkpoint into
 a temporary directory and renames it when complete, so a crash mid-save never leaves a
 checkpoint that looks valid; half-written temporary directories are removed on the next start.
+A checkpoint damaged afterwards (a truncated array file, a disk error) is skipped on resume: the
+newest readable one is used, with a line on stderr naming the skipped one and why.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax import lax
 from tqdm.auto import tqdm
+
+from jaxmri.errors import MissingCheckpointError
 
 __all__ = [
     "AXIS_NAME",
@@ -271,16 +275,68 @@ def _save(manager: ocp.CheckpointManager, step: int, host_state: PyTree) -> Path
     return Path(manager.directory) / str(step)
 
 
+class _UnreadableCheckpoint(Exception):
+    """A checkpoint whose files cannot be read (truncated, deleted, overwritten)."""
+
+
+@contextmanager
+def _quiet_closed_event_loop() -> Iterator[None]:
+    """Drop the "Event loop is closed" reports of a failed orbax restore, nothing else.
+
+    When one array of a checkpoint cannot be read, orbax's restore raises at once and closes its
+    asyncio loop while tensorstore still completes the other reads; their callbacks then find
+    the loop closed and each is reported through ``sys.unraisablehook`` (a screenful of
+    tracebacks that hide the real message). They arrive within milliseconds of the failure, so
+    the filter stays a little longer after an error, and the previous hook is restored.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    except BaseException:
+        time.sleep(0.2)
+        raise
+    finally:
+        sys.unraisablehook = previous
+
+
+def _short_reason(error: BaseException) -> str:
+    """One line of an orbax/tensorstore error: the innermost causes, without the JSON spec."""
+    text = " ".join(str(error).split("[tensorstore_spec")[0].split()) or type(error).__name__
+    parts = text.split(": ")
+    return ": ".join(parts[-2:]) if len(text) > 160 else text
+
+
 def _restore(manager: ocp.CheckpointManager, step: int, template: PyTree) -> PyTree:
+    """The state of checkpoint ``step``, restored into ``template``'s structure.
+
+    Raises ``_UnreadableCheckpoint`` when the checkpoint's own files cannot be read, and
+    ``ValueError`` (another model or optimiser) when they can but do not fit ``template``.
+    """
     path = Path(manager.directory) / str(step)
     mismatch = f"checkpoint {path} does not match the given state (another model or optimiser?)"
     target = _savable(template)
     try:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        )["state"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{mismatch}: {err}") from err
+        with _quiet_closed_event_loop():
+            restored = manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )["state"]
+    except Exception as err:  # noqa: BLE001 - classified just below
+        # Reading it as saved (no template) tells a damaged file from a different model.
+        try:
+            with _quiet_closed_event_loop():
+                manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        except Exception as probe_err:  # noqa: BLE001 - any failure to read is "unreadable"
+            raise _UnreadableCheckpoint(_short_reason(probe_err)) from None
+        if isinstance(err, ValueError | KeyError | TypeError):
+            raise ValueError(f"{mismatch}: {err}") from err
+        raise
     # Orbax restores the saved shapes whatever the template says; a mismatch must not surface
     # later as an obscure error inside the compiled step.
     for (where, want), have in zip(
@@ -293,6 +349,53 @@ def _restore(manager: ocp.CheckpointManager, step: int, template: PyTree) -> PyT
                 f"in the state"
             )
     return restored
+
+
+def _set_aside(checkpoint: Path, workdir: Path) -> Path:
+    """Move an unreadable checkpoint folder to ``<workdir>/corrupt_checkpoints/`` (kept for
+    inspection; out of orbax's sight, so the step can be saved again)."""
+    folder = workdir / "corrupt_checkpoints"
+    folder.mkdir(exist_ok=True)
+    dest, n = folder / checkpoint.name, 1
+    while dest.exists():
+        dest, n = folder / f"{checkpoint.name}.{n}", n + 1
+    os.replace(checkpoint, dest)
+    return dest
+
+
+def _restore_newest_readable(
+    manager: ocp.CheckpointManager, template: PyTree, workdir: Path
+) -> tuple[PyTree, int | None]:
+    """``(state, step)`` of the newest checkpoint that can be read, or ``(template, None)``.
+
+    Every newer checkpoint that cannot be read is reported on stderr (which one, why, where it
+    was moved) and set aside (:func:`_set_aside`, process 0). A checkpoint that reads but does
+    not fit ``template`` raises ``ValueError``: older ones would not fit either.
+    """
+    directory = Path(manager.directory)
+    skipped = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state = _restore(manager, step, template)
+        except _UnreadableCheckpoint as err:
+            skipped.append((step, str(err)))
+            continue
+        break
+    else:
+        state, step = template, None
+    if skipped and jax.process_index() == 0:
+        for bad, reason in skipped:
+            moved = _set_aside(directory / str(bad), workdir)
+            print(f"fit: skipped checkpoint {directory / str(bad)}: it cannot be read "
+                  f"({reason}); moved to {moved}", file=sys.stderr)
+        manager.reload()
+        if step is None:
+            print(f"fit: no readable checkpoint in {directory}; training from step 0",
+                  file=sys.stderr)
+        else:
+            print(f"fit: resuming from the newest readable checkpoint, step {step}",
+                  file=sys.stderr)
+    return state, step
 
 
 class _MetricsLog:
@@ -433,8 +536,13 @@ def fit(
       eval_every: see ``eval_fn``.
       log_every: write train metrics every this many steps (and at the end).
       resume: ``None`` continues from the newest checkpoint in ``workdir`` if there is one and
-        starts fresh otherwise; ``True`` requires a checkpoint (``FileNotFoundError`` if none);
+        starts fresh otherwise; ``True`` requires a readable checkpoint
+        (:class:`jaxmri.errors.MissingCheckpointError`, a ``FileNotFoundError``, if none);
         ``False`` requires that there is none (``FileExistsError`` rather than overwriting one).
+        A checkpoint whose files cannot be read (truncated, damaged) is skipped: fit resumes
+        from the newest readable one, or from step 0 when none is (a finished run is then
+        trained again), says so on stderr and moves the unreadable ones to
+        ``<workdir>/corrupt_checkpoints/``.
       desc: label of the progress bar.
 
     Returns:
@@ -472,8 +580,9 @@ def fit(
     try:
         latest = manager.latest_step()
         if resume is True and latest is None:
-            raise FileNotFoundError(
-                f"resume=True but there is no checkpoint in {workdir / 'checkpoints'}"
+            raise MissingCheckpointError(
+                f"resume=True but there is no checkpoint in {workdir / 'checkpoints'}",
+                workdir / "checkpoints",
             )
         if resume is False and latest is not None:
             raise FileExistsError(
@@ -482,7 +591,13 @@ def fit(
             )
         start = 0
         if latest is not None:
-            state, start = _restore(manager, latest, state), latest
+            state, restored_step = _restore_newest_readable(manager, state, workdir)
+            if restored_step is None and resume is True:
+                raise MissingCheckpointError(
+                    f"resume=True but no checkpoint in {workdir / 'checkpoints'} can be read",
+                    workdir / "checkpoints",
+                )
+            start = restored_step or 0
         log.keep_until(start)
         if start >= num_steps:
             return jax.device_put(state)

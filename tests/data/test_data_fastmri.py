@@ -8,6 +8,7 @@ import pytest
 from _data_helpers import np_fft2c, np_ifft2c, random_kspace
 
 from jaxmri.data.fastmri import load_fastmri_slices, read_fastmri_h5, write_fastmri_h5
+from jaxmri.errors import UserInputError
 
 
 def _np_crop(x, h, w):
@@ -134,6 +135,33 @@ def test_bad_files(tmp_path, rng):
     write_fastmri_h5(mixed / "b.h5", random_kspace(rng, 2, 3, 8, 8))
     with pytest.raises(ValueError, match="mismatched shapes.*coils"):
         load_fastmri_slices(mixed, image_size=8, split="all")
+
+
+def test_damaged_files_are_named(tmp_path, rng):
+    good = tmp_path / "good.h5"
+    write_fastmri_h5(good, random_kspace(rng, 3, 2, 8, 8))
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    # h5py's own error ("Unable to synchronously open file (truncated file ...)") names no file.
+    with pytest.raises(UserInputError, match=r"HDF5 file '.*cut.h5' cannot be read \(.*trunc"):
+        read_fastmri_h5(cut)
+    zeros = tmp_path / "zeros.h5"
+    with h5py.File(zeros, "w") as f:
+        f["kspace"] = np.zeros((3, 8, 8), np.complex64)
+    with pytest.raises(UserInputError, match=r"fastMRI file '.*zeros.h5' is all zeros"):
+        load_fastmri_slices(zeros, image_size=8, split="all")
+
+
+def test_blank_slices_are_skipped_up_front_with_a_warning(tmp_path, rng):
+    kspace = random_kspace(rng, 5, 2, 8, 8)
+    kspace[3] = 0  # one slice of the scan recorded nothing
+    write_fastmri_h5(tmp_path / "scan.h5", kspace)
+    with pytest.warns(UserWarning, match=r"scan.h5'.*skipping 1 blank slice\(s\) at position"
+                                         r"\(s\) \[3\]"):
+        out = load_fastmri_slices(tmp_path / "scan.h5", image_size=8, split="all")
+    np.testing.assert_array_equal(out["position"], [0, 1, 2, 4])
+    assert out["image"].max(axis=(1, 2)).min() > 0  # every kept target has a peak
+    assert out["kspace"].shape[0] == 4
 
 
 def test_writer_bad_input(tmp_path, rng):

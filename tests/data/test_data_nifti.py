@@ -7,6 +7,7 @@ from _data_helpers import ellipsoid_volume, write_nifti
 from skimage.transform import resize as sk_resize
 
 from jaxmri.data.nifti import load_nifti_slices, read_nifti
+from jaxmri.errors import MissingInputError, UserInputError
 
 
 def _expected_axial(volume, size, margin=2, threshold=0.05):
@@ -63,13 +64,29 @@ def test_labels_volume(tmp_path):
     assert out["image"][out["labels"] == 0].mean() < 0.05
 
 
-def test_4d_takes_first_volume_with_warning(tmp_path):
+def test_4d_with_several_volumes_is_refused_and_one_volume_is_read(tmp_path):
     volume = ellipsoid_volume()
     path = write_nifti(tmp_path / "fmri.nii.gz", np.stack([volume, 2 * volume + 5], axis=-1))
-    with pytest.warns(UserWarning, match="4-D"):
-        data, spacing = read_nifti(path)
+    with pytest.raises(UserInputError, match=r"fmri.nii.gz.*4-D with 2 volumes"):
+        read_nifti(path)
+    single = write_nifti(tmp_path / "one.nii.gz", volume[..., None])
+    data, spacing = read_nifti(single)
     np.testing.assert_array_equal(data, volume)
     assert spacing == (1.0, 1.0, 1.0)
+
+
+def test_complex_volume_is_refused_never_its_real_part(tmp_path):
+    volume = ellipsoid_volume()
+    # A complex image whose real part is zero: taking the real part would give a blank volume.
+    path = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image((1j * volume).astype(np.complex64), np.eye(4)), path)
+    with pytest.raises(UserInputError, match=r"complex.nii.gz.*complex values.*magnitude"):
+        read_nifti(path)
+    with pytest.raises(UserInputError, match="complex values"):
+        load_nifti_slices(path, image_size=16)
+    # What the message asks for works: the magnitude, saved as a real volume.
+    magnitude = write_nifti(tmp_path / "magnitude.nii.gz", np.abs(1j * volume))
+    np.testing.assert_allclose(read_nifti(magnitude)[0], volume)
 
 
 def test_voxel_spacing_from_header(tmp_path):
@@ -79,12 +96,20 @@ def test_voxel_spacing_from_header(tmp_path):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(MissingInputError, match="does not exist"):
         load_nifti_slices(tmp_path / "missing.nii.gz", image_size=16)
     fake = tmp_path / "notes.nii.gz"
     fake.write_text("this is a text file, not an image")
-    with pytest.raises(ValueError, match="is not a valid NIfTI file"):
+    with pytest.raises(UserInputError, match="is not a readable NIfTI file"):
         load_nifti_slices(fake, image_size=16)
+    whole = write_nifti(tmp_path / "whole.nii.gz", ellipsoid_volume())
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(UserInputError, match=r"truncated.nii.gz.*not a readable NIfTI"):
+        load_nifti_slices(truncated, image_size=16)
+    zeros = write_nifti(tmp_path / "zeros.nii", np.zeros((8, 8, 8), np.float32))
+    with pytest.raises(UserInputError, match=r"zeros.nii.*constant"):
+        load_nifti_slices(zeros, image_size=16)
     bad = write_nifti(tmp_path / "nan.nii", np.full((8, 8, 8), np.nan, np.float32))
     with pytest.raises(ValueError, match="non-finite"):
         load_nifti_slices(bad, image_size=16)

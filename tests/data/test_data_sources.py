@@ -46,7 +46,7 @@ def test_bad_data_paths(tmp_path, rng):
         load_slices(renamed, image_size=16)
     renamed_nii = tmp_path / "scan.nii"
     renamed_nii.write_text("hello")
-    with pytest.raises(ValueError, match="not a valid NIfTI file"):
+    with pytest.raises(ValueError, match="not a readable NIfTI file"):
         load_slices(renamed_nii, image_size=16)
     empty = tmp_path / "empty"
     empty.mkdir()

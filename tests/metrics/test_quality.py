@@ -2,6 +2,7 @@
 the API-convention test over every public function of jaxmri.metrics."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -319,12 +320,17 @@ _SINGLE_FNS = {
     "fit_ggd": (lambda x: M.fit_ggd(x - 0.5)[0], ()),
     "fit_aggd": (lambda x: M.fit_aggd(x - 0.5)[1], ()),
 }
+# Volume pairs (..., S, H, W) -> (...).
+_VOLUME_FNS = {"volume_psnr": M.volume_psnr, "volume_nmse": M.volume_nmse,
+               "volume_ssim": M.volume_ssim}
 # Not image -> value functions: covered by their own tests.
-_NOT_IMAGE_FNS = {"ms_ssim_num_scales", "features", "load_pretrained", "dice", "soft_dice_loss"}
+_NOT_IMAGE_FNS = {"ms_ssim_num_scales", "features", "load_pretrained", "dice", "soft_dice_loss",
+                  "fastmri_volume_metrics"}
 
 
 def test_api_table_covers_every_public_function():
-    assert set(_PAIR_FNS) | set(_SINGLE_FNS) | _NOT_IMAGE_FNS == set(M.__all__)
+    assert (set(_PAIR_FNS) | set(_SINGLE_FNS) | set(_VOLUME_FNS) | _NOT_IMAGE_FNS
+            == set(M.__all__))
 
 
 def _check_conventions(fn, args, out_trailing):
@@ -339,6 +345,12 @@ def test_api_pair_metrics_batch_jit_vmap(name):
     p, t = _pair(np.random.default_rng(10), (B, H, W))
     p = np.clip(p, 0, 1)
     _check_conventions(_PAIR_FNS[name], (jnp.asarray(p), jnp.asarray(t)), ())
+
+
+@pytest.mark.parametrize("name", sorted(_VOLUME_FNS))
+def test_api_volume_metrics_batch_jit_vmap(name):
+    p, t = _pair(np.random.default_rng(13), (B, 4, H, W))
+    _check_conventions(_VOLUME_FNS[name], (jnp.asarray(p), jnp.asarray(t)), ())
 
 
 @pytest.mark.parametrize("name", sorted(_SINGLE_FNS))
@@ -364,3 +376,106 @@ def test_api_leading_axes_are_kept():
         out = fn(p, t)
         assert out.shape == (2, 3)
         np.testing.assert_allclose(out[1, 2], fn(p[1, 2], t[1, 2]), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Value contract: NaN, zero peaks, blank targets (concrete inputs checked; traced documented)
+
+PEAK_METRICS = {"psnr": psnr, "ssim": ssim, "ssim_contrast": ssim_contrast, "ms_ssim": ms_ssim}
+ALL_METRICS = {**PEAK_METRICS, "nmse": nmse, "hfen": hfen}
+
+
+@pytest.mark.parametrize("name", list(ALL_METRICS))
+def test_non_finite_inputs_are_refused(name):
+    metric = ALL_METRICS[name]
+    p, t = _pair(np.random.default_rng(0), (2, 24, 24))
+    bad_pred = p.copy()
+    bad_pred[1, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="pred contains 1 non-finite values"):
+        metric(bad_pred, t)
+    bad_target = t.copy()
+    bad_target[0, :2, 0] = np.inf
+    with pytest.raises(ValueError, match="target contains 2 non-finite values"):
+        metric(jnp.asarray(p), jnp.asarray(bad_target))  # JAX arrays are checked as well
+
+
+@pytest.mark.parametrize("name", list(PEAK_METRICS))
+@pytest.mark.parametrize("data_range", [np.float32(0), jnp.zeros(2), np.array([1.0, 0.0]),
+                                        jnp.array(-1.0), np.nan, 0])
+def test_zero_or_invalid_data_range_is_refused_in_any_form(name, data_range):
+    p, t = _pair(np.random.default_rng(1), (2, 24, 24))
+    with pytest.raises(ValueError, match="data_range must be finite and > 0"):
+        PEAK_METRICS[name](p, t, data_range=data_range)
+
+
+@pytest.mark.parametrize("name", list(ALL_METRICS))
+def test_all_zero_target_image_is_refused_naming_the_image(name):
+    p, t = _pair(np.random.default_rng(2), (2, 3, 24, 24))
+    t[1, 2] = 0.0
+    expected = "target image (1, 2) " + ("has maximum 0.0 <= 0" if name in PEAK_METRICS
+                                         else "is all zero")
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        ALL_METRICS[name](p, t)
+    if name in PEAK_METRICS:  # with an explicit peak the blank image has a defined score
+        assert np.all(np.isfinite(np.asarray(ALL_METRICS[name](p, t, data_range=1.0))))
+
+
+def test_traced_values_are_not_checked_as_documented_and_checkify_finds_them():
+    from jax.experimental import checkify
+
+    p, t = _pair(np.random.default_rng(3), (2, 24, 24))
+    p[0, 0, 0] = np.nan
+    # Under jit nothing can look at the values: the documented result is NaN, not an error.
+    assert np.isnan(np.asarray(jax.jit(psnr)(p, t))[0])
+    assert np.isfinite(np.asarray(jax.jit(psnr)(p, t))[1])
+    error, _ = checkify.checkify(jax.jit(psnr), errors=checkify.float_checks)(p, t)
+    assert "nan generated" in error.get()
+    # As a loss under grad the checks stay out of the way (pred is a tracer).
+    grad = jax.grad(lambda x: jnp.mean(ssim(x, t + 0.1, data_range=1.0)))(t)
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
+# ----------------------------------------------------------------------------------------------
+# fastMRI's volume evaluation
+
+
+def _fastmri_reference(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """fastMRI evaluate.py by hand: numpy PSNR/NMSE over the volume, skimage SSIM per slice
+    with the volume maximum, averaged."""
+    peak = gt.max()
+    mse = np.mean((gt.astype(np.float64) - pred) ** 2)
+    return {
+        "PSNR": 10 * np.log10(peak**2 / mse),
+        "NMSE": np.sum((gt.astype(np.float64) - pred) ** 2) / np.sum(gt.astype(np.float64) ** 2),
+        "SSIM": np.mean([structural_similarity(gt[s], pred[s], data_range=peak)
+                         for s in range(gt.shape[0])]),
+    }
+
+
+def test_volume_metrics_match_fastmri_evaluate_by_hand(mri_slice):
+    rng = np.random.default_rng(4)
+    # A volume of 6 slices of varying brightness, one of them blank (the end of a scan).
+    gains = np.array([1.0, 0.8, 0.6, 0.9, 0.3, 0.0], np.float32)
+    gt = (gains[:, None, None] * mri_slice[None]).astype(np.float32)
+    pred = np.clip(gt + 0.03 * rng.standard_normal(gt.shape), 0, None).astype(np.float32)
+    want = _fastmri_reference(gt, pred)
+    got = M.fastmri_volume_metrics(pred, gt)
+    assert float(got["PSNR"]) == pytest.approx(want["PSNR"], abs=1e-3)
+    assert float(got["PSNR"]) == pytest.approx(
+        peak_signal_noise_ratio(gt, pred, data_range=gt.max()), abs=1e-3)
+    assert float(got["NMSE"]) == pytest.approx(want["NMSE"], rel=1e-4)
+    assert float(got["SSIM"]) == pytest.approx(want["SSIM"], abs=1e-4)
+    assert float(M.volume_psnr(pred, gt)) == float(got["PSNR"])
+    # Not the per-slice convention: the per-image functions refuse the blank slice, and on the
+    # other slices their mean PSNR (own peak per slice) is a different number.
+    with pytest.raises(ValueError, match="target image"):
+        psnr(pred, gt)
+    per_slice = float(np.mean(np.asarray(psnr(pred[:5], gt[:5]))))
+    assert abs(per_slice - float(M.volume_psnr(pred[:5], gt[:5]))) > 0.5
+    # Leading axes: a batch of two volumes gives the two volume scores.
+    both = M.volume_ssim(np.stack([pred, gt]), np.stack([gt, gt]))
+    np.testing.assert_allclose(np.asarray(both), [want["SSIM"], 1.0], atol=1e-4)
+    with pytest.raises(ValueError, match="ndim >= 3"):
+        M.volume_psnr(pred[0], gt[0])
+    with pytest.raises(ValueError, match="volume has maximum <= 0"):
+        M.volume_ssim(pred, np.zeros_like(gt))

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxmri.errors import UserInputError
 from jaxmri.train.batching import map_batches, random_batches
 
 
@@ -27,7 +28,7 @@ def test_random_batches_depend_only_on_seed_and_step():
 
 
 def test_random_batches_reject_bad_input():
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(UserInputError, match="batch size 5 does not fit the 4 training"):
         random_batches({"x": np.zeros(4)}, batch_size=5, seed=0)
     with pytest.raises(ValueError, match="leading"):
         random_batches({"x": np.zeros(4), "y": np.zeros(5)}, batch_size=2, seed=0)

@@ -161,3 +161,46 @@ def test_exit_on_training_stop_maps_stops_to_exit_codes(capsys, tmp_path):
     with exit_on_training_stop():  # a normal run passes through untouched
         value = 1 + 1
     assert value == 2
+
+
+def test_user_error_removes_only_the_empty_folders_this_run_created(tmp_path, capsys):
+    from jaxmri.errors import UserInputError
+    from jaxmri.train.cli import exit_on_user_error
+
+    (tmp_path / "existing").mkdir()
+    workdir = tmp_path / "existing" / "new" / "run"
+    with pytest.raises(SystemExit) as info, exit_on_user_error():
+        setup_from_args(parser().parse_args(["--workdir", str(workdir)]))
+        assert workdir.is_dir()
+        (workdir / "model" / "checkpoints").mkdir(parents=True)  # what fit makes first
+        raise UserInputError("bad data")
+    assert info.value.code == 2 and capsys.readouterr().err == "error: bad data\n"
+    assert not (tmp_path / "existing" / "new").exists()
+    assert (tmp_path / "existing").is_dir()  # there before the run: kept
+    # A folder with a file in it (a checkpoint, a table) is never removed.
+    with pytest.raises(SystemExit), exit_on_user_error():
+        setup_from_args(parser().parse_args(["--workdir", str(workdir)]))
+        (workdir / "table.md").write_text("kept")
+        raise UserInputError("bad data")
+    assert (workdir / "table.md").read_text() == "kept"
+
+
+def test_check_batch_size_names_the_flag():
+    from jaxmri.errors import UserInputError
+    from jaxmri.train.cli import check_batch_size
+
+    check_batch_size(None, 3)
+    check_batch_size(3, 3)
+    with pytest.raises(UserInputError, match="--batch-size 4 is larger than the 3 training"):
+        check_batch_size(4, 3)
+
+
+def test_resume_needs_a_checkpoint_before_anything_is_created(tmp_path):
+    from jaxmri.errors import MissingCheckpointError
+
+    with pytest.raises(MissingCheckpointError, match="--resume was given"):
+        setup_from_args(parser().parse_args(["--workdir", str(tmp_path / "w"), "--resume"]))
+    assert not (tmp_path / "w").exists()
+    (tmp_path / "w" / "model" / "checkpoints" / "7").mkdir(parents=True)
+    assert setup_from_args(parser().parse_args(["--workdir", str(tmp_path / "w"),
+                                                "--resume"])).workdir == tmp_path / "w"

@@ -256,14 +256,24 @@ def test_interrupt_saves_and_resume_reproduces_trajectory(uninterrupted, tmp_pat
             signal.raise_signal(signal.SIGINT)  # handled by fit: finish, one more step, save
         return batch_fn(step)
 
-    with pytest.raises(TrainingInterrupted) as info:
-        run(tmp_path, batch_fn=interrupting_batch_fn)
+    # fit must restore exactly the handler that was in place before it, whatever that is (a
+    # shell job may start Python with SIGINT ignored): install a handler of our own to compare.
+    def outer_handler(signum, frame):
+        raise AssertionError("fit's own handler should have taken this SIGINT")
+
+    before = signal.signal(signal.SIGINT, outer_handler)
+    try:
+        with pytest.raises(TrainingInterrupted) as info:
+            run(tmp_path, batch_fn=interrupting_batch_fn)
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
     stopped = 3 if how == "exception" else 4
     assert info.value.step == stopped
     assert info.value.checkpoint_path == tmp_path / "checkpoints" / str(stopped)
     assert (info.value.checkpoint_path / "state").is_dir()
     assert isinstance(info.value, KeyboardInterrupt)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert after is outer_handler  # the handler in place before fit, restored
     assert len(train_losses(tmp_path)) == stopped
 
     resumed = run(tmp_path, resume=True)
@@ -338,6 +348,58 @@ def test_keep_last_checkpoints_and_automatic_resume(uninterrupted, tmp_path):
     again = run(tmp_path, resume=True)
     assert_trees_equal(again.params, state.params)
     assert train_losses(tmp_path) == losses
+
+
+def truncate_array_files(checkpoint: Path) -> list[Path]:
+    """Cut every array data file of an orbax checkpoint to 10 bytes (a disk-full or copy
+    accident); the metadata stays intact, so the checkpoint still looks complete."""
+    files = [p for p in (checkpoint / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files, f"no array files found under {checkpoint}"
+    for path in files:
+        path.write_bytes(path.read_bytes()[:10])
+    return files
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path,
+                                                                   capfd):
+    run(tmp_path, num_steps=4, checkpoint_every=1, keep_checkpoints=2)
+    checkpoints = tmp_path / "checkpoints"
+    truncate_array_files(checkpoints / "4")
+    capfd.readouterr()
+    resumed = run(tmp_path, checkpoint_every=1, keep_checkpoints=2)  # resume=None: automatic
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("fit:")]
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"fit: skipped checkpoint {checkpoints / '4'}: it cannot be read")
+    assert "not valid for value of size 10" in lines[0]  # why: the truncated file
+    assert lines[0].endswith(f"moved to {tmp_path / 'corrupt_checkpoints' / '4'}")
+    assert lines[1] == "fit: resuming from the newest readable checkpoint, step 3"
+    assert "Event loop is closed" not in err and "Traceback" not in err
+    # Resumed from step 3, the run is the uninterrupted one, and step 4 was saved afresh.
+    state, losses = uninterrupted
+    assert_trees_equal(resumed.params, state.params)
+    assert_trees_equal(resumed.opt_state, state.opt_state)
+    assert train_losses(tmp_path) == losses
+    assert sorted(int(p.name) for p in checkpoints.iterdir()) == [5, 6]
+    assert (tmp_path / "corrupt_checkpoints" / "4" / "state").is_dir()  # kept for inspection
+
+
+def test_finished_run_whose_only_checkpoint_is_corrupt_is_trained_again(uninterrupted,
+                                                                          tmp_path, capfd):
+    run(tmp_path, keep_checkpoints=1)
+    truncate_array_files(tmp_path / "checkpoints" / str(NUM_STEPS))
+    with pytest.raises(FileNotFoundError, match="no checkpoint .* can be read"):
+        run(tmp_path, resume=True)  # demanded a resume: refused, the folder set aside
+    run(tmp_path, keep_checkpoints=1)
+    truncate_array_files(tmp_path / "checkpoints" / str(NUM_STEPS))
+    capfd.readouterr()
+    again = run(tmp_path, keep_checkpoints=1)
+    err = capfd.readouterr().err
+    assert f"fit: no readable checkpoint in {tmp_path / 'checkpoints'}; training from step 0" in err
+    assert "Event loop is closed" not in err
+    state, losses = uninterrupted
+    assert_trees_equal(again.params, state.params)
+    assert train_losses(tmp_path) == losses  # the log restarted with the training
 
 
 def test_resume_flags_refuse_the_wrong_situation(tmp_path):
