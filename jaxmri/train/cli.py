@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxmri.train import distributed
+from jaxmri.train.run_record import write_run_record
 from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_summary",
@@ -241,7 +242,9 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
     ``args`` comes from a parser of :func:`experiment_parser`. ``args.workdir`` is filled in
     with the default when it was not given. ``jax.distributed.initialize`` runs when
     ``--num-processes`` > 1 or ``--coordinator`` is given, so call this before any other JAX
-    work. Raises ``ValueError`` naming the flag for inconsistent multi-process flags.
+    work. Process 0 records the preset and flags in ``<workdir>/run.json``
+    (:mod:`jaxmri.train.run_record`), which ``--predict`` reads to rebuild the model.
+    Raises ``ValueError`` naming the flag for inconsistent multi-process flags.
     """
     if args.num_processes > 1 and args.coordinator is None:
         raise ValueError("--coordinator HOST:PORT is required when --num-processes > 1")
@@ -255,6 +258,8 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
         args.workdir = Path("runs") / args.experiment / args.preset
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.process_id == 0:
+        write_run_record(workdir, args)
     return ExperimentSetup(
         preset_name=args.preset, preset=args._presets[args.preset], workdir=workdir
     )
