@@ -82,6 +82,7 @@ __all__ = [
     "predict_slices",
     "volume_metrics",
     "predict_path",
+    "metrics_table",
     "predict_command",
 ]
 
@@ -505,8 +506,9 @@ def predict_path(method: Method, path: str | os.PathLike, out: str | os.PathLike
       progress: show a tqdm bar over slices.
 
     Returns:
-      One dict per volume: ``input``, ``files`` (written), ``slices``, ``seconds`` (prediction
-      wall time including compilation), ``seconds_per_slice`` (excluding the first batch, which
+      One dict per volume: ``input``, ``files`` (written), ``slices``, ``prepare_seconds``
+      (reading the file and the host-side acquisition), ``seconds`` (prediction wall time
+      including compilation), ``seconds_per_slice`` (excluding the first batch, which
       compiles; ``nan`` with a single batch) and ``metrics`` (``{label: {PSNR, NMSE, SSIM}}``,
       empty without a ground truth).
     """
@@ -516,7 +518,9 @@ def predict_path(method: Method, path: str | os.PathLike, out: str | os.PathLike
     labels = method.outputs if all_methods else method.outputs[:1]
     results = []
     for kind, file in inputs:
+        reading = time.perf_counter()
         volume = _nifti_volume(file, method) if kind == "nifti" else _fastmri_volume(file, method)
+        prepare_seconds = time.perf_counter() - reading
         n = len(next(iter(volume.arrays.values())))
         timings: list = []
         outputs = predict_slices(method, volume.arrays, batch_size=batch_size,
@@ -544,7 +548,7 @@ def predict_path(method: Method, path: str | os.PathLike, out: str | os.PathLike
         _save_slices_png(png, shown)
         files.append(str(png))
         results.append({
-            "input": file, "files": files, "slices": n,
+            "input": file, "files": files, "slices": n, "prepare_seconds": prepare_seconds,
             "seconds": sum(seconds for _, seconds in timings),
             "seconds_per_slice": (sum(seconds for _, seconds in rest)
                                   / sum(count for count, _ in rest)) if rest else math.nan,
@@ -620,8 +624,9 @@ def _predict_command(args, build) -> list[dict]:
         per_slice = result["seconds_per_slice"]
         timing = f"{1e3 * per_slice:.1f} ms per slice after compilation" \
             if math.isfinite(per_slice) else "one batch"
-        print(f"[predict] {result['input']}: {result['slices']} slices in "
-              f"{result['seconds']:.1f} s ({timing}) -> " + ", ".join(result["files"]))
+        print(f"[predict] {result['input']}: {result['slices']} slices, input prepared in "
+              f"{result['prepare_seconds']:.1f} s, predicted in {result['seconds']:.1f} s "
+              f"({timing}) -> " + ", ".join(result["files"]))
     if any(r["metrics"] for r in results):
         table = metrics_table(results)
         Path(out, "metrics.md").write_text(
