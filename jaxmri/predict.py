@@ -40,7 +40,7 @@ Geometry (the inverse is applied to the outputs, so they land on the input's gri
 Evaluation (when a ground truth exists: ``reconstruction_rss`` / ``reconstruction_esc`` in the
 file, or the NIfTI volume itself): fastMRI's volume metrics (``evaluate.py``), NMSE and PSNR over
 the whole volume with ``data_range = gt.max()`` and SSIM per slice (7x7 uniform window) with the
-volume maximum as data range, averaged over slices (:func:`volume_metrics`).
+volume maximum as data range, averaged over slices (:func:`_volume_metrics`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ __all__ = [
     "measured_acquisition",
     "draw_masks",
     "predict_slices",
-    "volume_metrics",
     "predict_path",
     "metrics_table",
     "predict_command",
@@ -276,8 +275,10 @@ def predict_slices(method: Method, arrays: Mapping[str, np.ndarray], *, batch_si
 # Volume evaluation (fastMRI evaluate.py)
 
 
-def volume_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+def _volume_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """fastMRI's volume evaluation of ``pred`` against ``gt``, both ``(slices, H, W)`` real.
+
+    Private stand-in: swap for the volume evaluation of :mod:`jaxmri.metrics` once it exists.
 
     NMSE ``||gt - pred||^2 / ||gt||^2`` and PSNR with ``data_range = gt.max()`` over the whole
     volume; SSIM (7x7 uniform window, skimage defaults) per slice with ``gt.max()`` as data
@@ -539,7 +540,7 @@ def predict_path(method: Method, path: str | os.PathLike, out: str | os.PathLike
             if volume.ground_truth is not None:
                 gt, pred = (volume.ground_truth, on_grid) if kind == "fastmri" else \
                     _nifti_eval_region(volume.ground_truth, on_grid)
-                metrics[label] = volume_metrics(gt, pred)
+                metrics[label] = _volume_metrics(gt, pred)
             shown[label] = on_grid if kind == "fastmri" else np.moveaxis(on_grid, -1, 0)
         if volume.ground_truth is not None:
             shown["ground truth"] = volume.ground_truth if kind == "fastmri" else \

@@ -30,7 +30,7 @@ from jaxmri.predict import (
     predict_path,
     predict_slices,
     restore_variables,
-    volume_metrics,
+    _volume_metrics,
 )
 from jaxmri.train import apply_mean_gradients, create_train_state, fit
 
@@ -149,7 +149,7 @@ def test_h5_prediction_has_fastmri_layout_and_equals_the_model(trained, tmp_path
     direct = TinyNet().apply(variables, jnp.abs(arrays["zero_filled"])) * scale
     np.testing.assert_allclose(recon, direct, rtol=1e-5, atol=1e-6 * scale)
     # The metrics are fastMRI's volume evaluation of that file.
-    assert result["metrics"]["net"] == pytest.approx(volume_metrics(gt, recon))
+    assert result["metrics"]["net"] == pytest.approx(_volume_metrics(gt, recon))
     assert (out / "file_a.png").stat().st_size > 0
     assert result["slices"] == 5 and result["files"][0] == str(out / "file_a.h5")
 
@@ -289,7 +289,7 @@ def test_volume_metrics_match_fastmri_evaluate():
     rng = np.random.default_rng(0)
     gt = rng.random((3, 20, 24)) * 5
     pred = gt + rng.normal(scale=0.3, size=gt.shape)
-    got = volume_metrics(gt, pred)
+    got = _volume_metrics(gt, pred)
     assert got["NMSE"] == pytest.approx(np.linalg.norm(gt - pred) ** 2 / np.linalg.norm(gt) ** 2)
     assert got["PSNR"] == pytest.approx(peak_signal_noise_ratio(gt, pred, data_range=gt.max()))
     ssim = np.mean([structural_similarity(g, p, data_range=gt.max()) for g, p in zip(gt, pred)])
