@@ -17,12 +17,23 @@ says how a volume's slices become the model's inputs:
 
 The main output comes first in ``Method.outputs``: InvSharpNet(back), DSGAN + EDSR, IFR-Net,
 the refined RecNet, the proposed joint Rec/SR model.
+
+From Python, :func:`load_method` does what ``--predict`` does before running::
+
+    from experiments.predictors import load_method
+    from jaxmri.predict import predict_path
+
+    method = load_method("runs/invsharp/cpu")
+    predict_path(method, "scan.nii.gz", "recon/")
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
+import importlib
+import os
 from pathlib import Path
 
 import jax
@@ -40,6 +51,7 @@ from jaxmri.predict import (
     restore_variables,
 )
 from jaxmri.train.report import folder_name
+from jaxmri.train.run_record import read_run_record
 
 
 def _image_seed(flags) -> int:
@@ -302,3 +314,25 @@ def build_joint_recsr(preset, flags, workdir: Path) -> Method:
 
     return Method("joint_recsr", size, tuple(rows), variables, apply, acquire_image,
                   acquire_kspace)
+
+
+BUILDERS = {"invsharp": build_invsharp, "dsgan_sr": build_dsgan_sr, "ifrnet": build_ifrnet,
+            "refine": build_refine, "joint_recsr": build_joint_recsr}
+
+
+def load_method(workdir: str | os.PathLike) -> Method:
+    """The trained method of a workdir, rebuilt from its ``run.json`` and checkpoints.
+
+    Raises ``ValueError`` naming the problem when the workdir holds no trained model.
+    """
+    record = read_run_record(workdir)
+    if record["experiment"] not in BUILDERS:
+        raise ValueError(f"{workdir} was trained by experiments.{record['experiment']}, which "
+                         f"has no predictor (known: {sorted(BUILDERS)})")
+    presets = importlib.import_module(f"experiments.{record['experiment']}").PRESETS
+    if record["preset"] not in presets:
+        raise ValueError(f"{workdir}/run.json names preset {record['preset']!r}, which "
+                         f"experiments.{record['experiment']} does not have ({sorted(presets)})")
+    flags = argparse.Namespace(**record["flags"], preset=record["preset"],
+                               experiment=record["experiment"])
+    return BUILDERS[record["experiment"]](presets[record["preset"]], flags, Path(workdir))

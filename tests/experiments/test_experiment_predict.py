@@ -132,6 +132,14 @@ def test_smoke_trained_experiment_predicts_on_nifti_and_fastmri(name, tmp_path, 
     assert (tmp_path / "out" / "metrics.md").is_file()
     capsys.readouterr()
 
+    # From Python: the same method, the same file, the same values.
+    from experiments.predictors import load_method
+    from jaxmri.predict import predict_path
+
+    (again,) = predict_path(load_method(run), h5_input, tmp_path / "py", progress=False)
+    with h5py.File(tmp_path / "py" / h5_input.name) as f:
+        np.testing.assert_allclose(f["reconstruction"][()], recon, rtol=1e-5, atol=1e-7)
+
     if single:  # a multi-coil file for a single-coil model
         err = _one_line_error(capsys, lambda: module.main(
             ["--workdir", str(run), "--predict", str(files[4]), "--out", str(tmp_path / "o")]))
