@@ -79,6 +79,7 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
+from jaxmri.predict import add_predict_flags, predict_command
 from jaxmri.train.cli import (
     exit_on_training_stop,
     exit_on_user_error,
@@ -350,7 +351,12 @@ def evaluate(test: dict, outputs: dict[str, np.ndarray], regressor) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the experiment; returns ``{'table2', 'table3', 'kernel'}`` summaries."""
     parser = experiment_parser(__doc__, presets=PRESETS, name="dsgan_sr")
+    add_predict_flags(parser)
     args = parser.parse_args(argv)
+    if args.predict is not None:  # use a trained model instead of training
+        from experiments.predictors import build_dsgan_sr
+
+        return predict_command(args, build_dsgan_sr)
     setup = setup_from_args(args)
     preset, workdir = setup.preset, setup.workdir
     clock = time.perf_counter()

@@ -64,6 +64,7 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
+from jaxmri.predict import add_predict_flags, predict_command
 from jaxmri.train.cli import (
     check_batch_size,
     exit_on_training_stop,
@@ -441,9 +442,14 @@ def _combined(name: str, title: str, summaries: dict, workdir: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the experiment; returns ``{'table_iv': {mask: summary}, 'table_v': {...}}``."""
     parser = experiment_parser(__doc__, presets=PRESETS, name="ifrnet")
+    add_predict_flags(parser)
     parser.add_argument("--ablations", action="store_true",
                         help="also train the IFR-Net variants of Tables II, III, IX and X")
     args = parser.parse_args(argv)
+    if args.predict is not None:  # use a trained model instead of training
+        from experiments.predictors import build_ifrnet
+
+        return predict_command(args, build_ifrnet)
     setup = setup_from_args(args)
     preset, workdir = setup.preset, setup.workdir
     check_batch_size(args.batch_size, preset.num_train, what="training slices of the preset")

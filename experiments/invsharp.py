@@ -57,6 +57,7 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
+from jaxmri.predict import add_predict_flags, predict_command
 from jaxmri.train.cli import (
     check_batch_size,
     exit_on_training_stop,
@@ -355,6 +356,7 @@ def ablation(preset, data, recon, workdir, args, trained_back):
 @exit_on_user_error()
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = experiment_parser(__doc__, presets=PRESETS, name="invsharp")
+    add_predict_flags(parser)
     parser.add_argument("--recon-model", type=int, choices=(1, 2), default=1,
                         help="which reconstruction model makes the blurry input: 1 = DC "
                              "cascade (Table 2), 2 = U-Net (Table A1)")
@@ -366,6 +368,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--recon-steps", type=int, default=None,
                         help="training steps of the reconstruction model (default: preset)")
     args = parser.parse_args(argv)
+    if args.predict is not None:  # use a trained model instead of training
+        from experiments.predictors import build_invsharp
+
+        return predict_command(args, build_invsharp)
     setup = setup_from_args(args)
     preset: Preset = setup.preset
     workdir = Path(setup.workdir)

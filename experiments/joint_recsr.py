@@ -68,6 +68,7 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
+from jaxmri.predict import add_predict_flags, predict_command
 from jaxmri.train.cli import (
     check_batch_size,
     exit_on_training_stop,
@@ -470,7 +471,12 @@ def run_mask(mask_name: str, preset: Preset, workdir: Path, args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     """Run the experiment; returns ``{mask: {'table1': summary, 'table3': summary}}``."""
     parser = experiment_parser(__doc__, presets=PRESETS, name="joint_recsr")
+    add_predict_flags(parser)
     args = parser.parse_args(argv)
+    if args.predict is not None:  # use a trained model instead of training
+        from experiments.predictors import build_joint_recsr
+
+        return predict_command(args, build_joint_recsr)
     setup = setup_from_args(args)
     preset, workdir = setup.preset, setup.workdir
     check_batch_size(args.batch_size, preset.num_train, what="training slices of the preset")

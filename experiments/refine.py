@@ -101,6 +101,7 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
+from jaxmri.predict import add_predict_flags, predict_command
 from jaxmri.train.cli import (
     check_batch_size,
     exit_on_training_stop,
@@ -438,7 +439,12 @@ def _override(preset: Preset, steps: int | None, batch: int | None) -> Preset:
 @exit_on_user_error()
 def main(argv: list[str] | None = None) -> dict:
     parser = experiment_parser(__doc__, presets=PRESETS, name="refine")
+    add_predict_flags(parser)
     args = parser.parse_args(argv)
+    if args.predict is not None:  # use a trained model instead of training
+        from experiments.predictors import build_refine
+
+        return predict_command(args, build_refine)
     setup = setup_from_args(args)
     preset = _override(setup.preset, args.steps, args.batch_size)
     workdir, seed = setup.workdir, args.seed

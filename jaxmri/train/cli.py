@@ -30,6 +30,7 @@ from typing import Any
 
 from jaxmri.errors import MissingCheckpointError, UserInputError
 from jaxmri.train import distributed
+from jaxmri.train.run_record import RUN_RECORD, write_run_record
 from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_summary",
@@ -45,10 +46,15 @@ def _one_line(text: str) -> str:
 
 
 def _remove_empty_folders(root: Path) -> None:
-    """Remove ``root`` and the folders below it that hold no file (bottom-up); files stay."""
+    """Remove ``root`` and the folders below it that hold no file (bottom-up); files stay.
+
+    ``root`` was created by this run, so the ``run.json`` records it wrote are its own and go
+    too: a run refused before training leaves nothing behind."""
     if not root.is_dir():
         return
-    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+    for folder, _, files in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        if RUN_RECORD in files:
+            (Path(folder) / RUN_RECORD).unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty: something was written, keep it
             os.rmdir(folder)
 
@@ -288,6 +294,8 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
     work. Raises :class:`jaxmri.errors.UserInputError` naming the flag for inconsistent
     multi-process flags, ``--resume`` with a workdir that holds no checkpoint (checked before
     any data is read), and a workdir that cannot be created or written.
+    Process 0 records the preset and flags in ``<workdir>/run.json``
+    (:mod:`jaxmri.train.run_record`), which ``--predict`` reads to rebuild the model.
     """
     if args.num_processes > 1 and args.coordinator is None:
         raise UserInputError("--coordinator HOST:PORT is required when --num-processes > 1")
@@ -308,6 +316,8 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
     created = _make_workdir(workdir)
     if created is not None:
         _created_workdirs.append(created)
+    if args.process_id == 0:
+        write_run_record(workdir, args)
     return ExperimentSetup(preset_name=args.preset, preset=preset, workdir=workdir)
 
 
