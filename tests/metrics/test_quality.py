@@ -320,7 +320,9 @@ _SINGLE_FNS = {
     "fit_aggd": (lambda x: M.fit_aggd(x - 0.5)[1], ()),
 }
 # Not image -> value functions: covered by their own tests.
-_NOT_IMAGE_FNS = {"ms_ssim_num_scales", "features", "load_pretrained", "dice", "soft_dice_loss"}
+# brisque_score is an eager float64 evaluation (tests/metrics/test_brisque_published.py).
+_NOT_IMAGE_FNS = {"ms_ssim_num_scales", "features", "load_pretrained", "dice", "soft_dice_loss",
+                  "brisque_score", "load_brisque_model"}
 
 
 def test_api_table_covers_every_public_function():
