@@ -3,7 +3,6 @@
 Agreement with the published BRISQUE (the `brisque` package): test_brisque_published.py.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
