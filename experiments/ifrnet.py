@@ -72,7 +72,7 @@ from jaxmri.train.cli import (
     experiment_parser,
     setup_from_args,
 )
-from jaxmri.train.figures import save_panel
+from jaxmri.train.figures import save_loss_curves, save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 METRICS = ("PSNR", "HFEN", "SSIM", "time_ms")
@@ -476,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         f"IFR-Net feature descriptor maps, {fig_setting}")
         if args.ablations:
             out["ablations"] = run_ablations(slices, preset, workdir, args)
+        save_loss_curves(workdir)
     return out
 
 

@@ -65,7 +65,7 @@ from jaxmri.train.cli import (
     experiment_parser,
     setup_from_args,
 )
-from jaxmri.train.figures import save_line_profile, save_panel
+from jaxmri.train.figures import save_line_profile, save_loss_curves, save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
@@ -382,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     started = time.time()
     with exit_on_training_stop():
         summary = run(preset, args, workdir)
+    save_loss_curves(workdir)
     minutes = (time.time() - started) / 60
     print(f"[invsharp] done in {minutes:.1f} min; results in {workdir}")
     return summary

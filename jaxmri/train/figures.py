@@ -21,7 +21,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-__all__ = ["error_map", "log_kspace", "save_panel", "save_line_profile"]
+__all__ = [
+    "error_map",
+    "log_kspace",
+    "save_panel",
+    "save_line_profile",
+    "read_training_logs",
+    "save_loss_curves",
+]
 
 
 def error_map(image: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -166,3 +173,76 @@ def save_line_profile(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
     return drawn
+
+
+def read_training_logs(workdir: str | os.PathLike) -> dict[str, dict[str, tuple]]:
+    """The train/val curves of every stage under ``workdir`` (each ``metrics.jsonl``).
+
+    Returns:
+      ``{stage: {"<split>/<metric>": (steps int array, values float array)}}``; ``stage`` is
+      the folder of the log relative to ``workdir`` (``"."`` for ``workdir`` itself), sorted.
+    """
+    import json
+    from pathlib import Path
+
+    root = Path(workdir)
+    logs = {}
+    for path in sorted(root.rglob("metrics.jsonl")):
+        curves: dict[str, list] = {}
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line of a killed run
+                continue
+            for name, value in record.items():
+                if name in ("step", "split", "time") or not isinstance(value, int | float):
+                    continue
+                curves.setdefault(f"{record.get('split', 'train')}/{name}", []).append(
+                    (record["step"], value))
+        logs[path.parent.relative_to(root).as_posix()] = {
+            key: (np.array([s for s, _ in pts]), np.array([v for _, v in pts], np.float64))
+            for key, pts in curves.items()}
+    return logs
+
+
+def save_loss_curves(workdir: str | os.PathLike, path: str | os.PathLike | None = None, *,
+                     dpi: int = 100) -> dict[str, dict[str, tuple]]:
+    """Draw every stage's logged curves (one panel per stage) to ``loss_curves.png``.
+
+    Train metrics are lines, validation metrics dots; the y axis is logarithmic for a panel
+    whose values are all positive. Writes nothing if ``workdir`` holds no ``metrics.jsonl``.
+
+    Args:
+      workdir: the experiment folder; every ``metrics.jsonl`` below it is one stage.
+      path: output file; default ``<workdir>/loss_curves.png``.
+
+    Returns:
+      What was drawn: :func:`read_training_logs` of ``workdir``.
+    """
+    logs = read_training_logs(workdir)
+    if not logs:
+        return logs
+    path = os.path.join(workdir, "loss_curves.png") if path is None else path
+    cols = min(3, len(logs))
+    rows = -(-len(logs) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, (stage, curves) in zip(axes, logs.items(), strict=False):
+        for key, (steps, values) in curves.items():
+            if key.startswith("train/"):
+                ax.plot(steps, values, lw=1, label=key)
+            else:
+                ax.plot(steps, values, "o", ms=3, label=key)
+        values = [v for _, v in curves.values() if len(v)]
+        if values and all(np.all(v > 0) for v in values):
+            ax.set_yscale("log")
+        ax.set_title(stage, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6)
+    for ax in axes[len(logs):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return logs

@@ -70,6 +70,7 @@ from jax import lax
 from tqdm.auto import tqdm
 
 from jaxmri.errors import MissingCheckpointError
+from jaxmri.train.tensorboard import TensorBoardLog
 
 __all__ = [
     "AXIS_NAME",
@@ -528,11 +529,14 @@ def fit(
         total number of devices). Must depend only on ``step`` for exact resumption.
       num_steps: total number of updates (counting those of earlier runs in ``workdir``).
       key: ``jax.random`` key; step ``s`` on device ``d`` uses ``fold_in(fold_in(key, s), d)``.
-      workdir: folder for ``checkpoints/`` and ``metrics.jsonl``; created if missing.
+      workdir: folder for ``checkpoints/``, ``metrics.jsonl`` and TensorBoard event files
+        (:mod:`jaxmri.train.tensorboard`); created if missing.
       checkpoint_every: save every this many steps, and always at the end.
       keep_checkpoints: how many of the newest checkpoints to keep.
       eval_fn: optional host-side ``state -> dict of floats``, given the unreplicated state,
         run on process 0 every ``eval_every`` steps and at the end; logged with split 'val'.
+        Values that are images (``(H, W)`` or ``(H, W, 1|3)`` arrays) are shown in
+        TensorBoard only.
       eval_every: see ``eval_fn``.
       log_every: write train metrics every this many steps (and at the end).
       resume: ``None`` continues from the newest checkpoint in ``workdir`` if there is one and
@@ -576,7 +580,8 @@ def fit(
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
     manager = _checkpoint_manager(workdir / "checkpoints", keep_checkpoints)
-    log = _MetricsLog(workdir / "metrics.jsonl", enabled=is_main)
+    log = TensorBoardLog(_MetricsLog(workdir / "metrics.jsonl", enabled=is_main), workdir,
+                         enabled=is_main)
     try:
         latest = manager.latest_step()
         if resume is True and latest is None:
@@ -619,6 +624,7 @@ def fit(
     finally:
         manager.wait_until_finished()
         manager.close()
+        log.close()
     return final
 
 
@@ -699,7 +705,7 @@ def _train(
                     log.write(current, "train", metrics)
                 if eval_fn is not None and (current % eval_every == 0 or current == num_steps):
                     scores = eval_fn(jax.device_put(unreplicate(rstate)))
-                    log.write(current, "val", {k: float(v) for k, v in scores.items()})
+                    log.write(current, "val", scores)  # images go to TensorBoard only
                 if current % checkpoint_every == 0 or current == num_steps:
                     save(current, rstate)
                 if int(unreplicate(stop_any)):

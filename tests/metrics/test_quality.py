@@ -324,8 +324,9 @@ _SINGLE_FNS = {
 _VOLUME_FNS = {"volume_psnr": M.volume_psnr, "volume_nmse": M.volume_nmse,
                "volume_ssim": M.volume_ssim}
 # Not image -> value functions: covered by their own tests.
+# brisque_score is an eager float64 evaluation (tests/metrics/test_brisque_published.py).
 _NOT_IMAGE_FNS = {"ms_ssim_num_scales", "features", "load_pretrained", "dice", "soft_dice_loss",
-                  "fastmri_volume_metrics"}
+                  "fastmri_volume_metrics", "brisque_score", "load_brisque_model"}
 
 
 def test_api_table_covers_every_public_function():

@@ -7,7 +7,13 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from jaxmri.train.figures import error_map, log_kspace, save_line_profile, save_panel
+from jaxmri.train.figures import (
+    error_map,
+    log_kspace,
+    save_line_profile,
+    save_loss_curves,
+    save_panel,
+)
 
 
 @pytest.fixture()
@@ -83,3 +89,25 @@ def test_bad_input_is_named(images, tmp_path):
         save_panel(tmp_path / "a.png", images, error_scale=0.0)
     with pytest.raises(ValueError, match="row"):
         save_line_profile(tmp_path / "b.png", images, 32)
+
+
+def test_loss_curves_from_every_stage_log(tmp_path):
+    import json
+
+    stages = {"gan": [(1, 2.0), (2, 1.0), (3, 0.5)], "edsr_gb": [(10, 0.3), (20, 0.1)]}
+    for stage, points in stages.items():
+        (tmp_path / stage).mkdir()
+        lines = [json.dumps({"step": s, "split": "train", "loss": v, "time": 0.0})
+                 for s, v in points]
+        lines.append(json.dumps({"step": points[-1][0], "split": "val", "psnr": 30.0}))
+        lines.append('{"step": 99, "spl')  # a torn last line of a killed run
+        (tmp_path / stage / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    drawn = save_loss_curves(tmp_path)
+    assert sorted(drawn) == ["edsr_gb", "gan"]
+    steps, values = drawn["gan"]["train/loss"]
+    np.testing.assert_array_equal(steps, [1, 2, 3])
+    np.testing.assert_array_equal(values, [2.0, 1.0, 0.5])
+    assert drawn["edsr_gb"]["val/psnr"][0].tolist() == [20]
+    png = mpimg.imread(tmp_path / "loss_curves.png")
+    assert png.shape[:2] == (300, 840)  # two panels of 4.2 x 3.0 inches at 100 dpi
+    assert save_loss_curves(tmp_path / "gan" / "missing") == {}
