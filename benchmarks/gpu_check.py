@@ -61,6 +61,7 @@ from benchmarks.paper_plan import (
     plan_steps,
     predicted_step_seconds,
 )
+from benchmarks.paper_plan import max_fitting_batch as pp_max_fitting_batch
 
 __all__ = ["StepResult", "main", "precision_cell", "result_rows", "run_step", "train_for",
            "training_row", "loss_metric"]
@@ -91,6 +92,7 @@ class StepResult:
     analysis: Any = None
     peak_bytes: int | None = None
     error: str | None = None
+    compiled: Any = dataclasses.field(default=None, repr=False)
 
 
 def loss_metric(metrics: Mapping[str, float]) -> float:
@@ -110,6 +112,26 @@ def _peak_bytes() -> int | None:
     return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
 
 
+def _bytes_limit() -> int | None:
+    stats = jax.local_devices()[0].memory_stats()
+    return None if not stats else int(stats.get("bytes_limit", 0)) or None
+
+
+def fitting_size(total_bytes: int, state_bytes: int, size: int, devices: int,
+                 limit: int | None) -> int:
+    """The global batch to try next when a compiled step needs ``total_bytes`` per device.
+
+    ``size`` itself when it fits ``limit`` (or there is no limit: CPU); otherwise the largest
+    multiple of ``devices`` that :func:`benchmarks.paper_plan.max_fitting_batch` says fits (the
+    state in and out fixed, the rest linear in the batch), at most half of ``size`` and at
+    least ``devices``.
+    """
+    if limit is None or total_bytes <= limit:
+        return size
+    per_device = pp_max_fitting_batch(total_bytes, 2 * state_bytes, size // devices, limit)
+    return max(devices, min(size // 2, per_device * devices) // devices * devices)
+
+
 def _is_oom(err: Exception) -> bool:
     text = str(err)
     return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
@@ -126,19 +148,22 @@ def run_step(step: PlanStep, *, precision: str | None = None, warmup: int = 2,
 
     ``precision`` is a ``jax.default_matmul_precision`` value (``None``: JAX's default).
     ``state`` / ``batch`` default to ``step.make_state(key 0)`` / ``step.make_batch()``. On an
-    out-of-memory error the per-device batch is halved and the step retried (down to 1).
+    out-of-memory error the per-device batch is halved and the step retried (down to 1);
+    when XLA's analysis of the compiled step already exceeds the device's ``bytes_limit`` the
+    batch is first cut to what should fit (:func:`fitting_size`) without running it.
     """
     from jaxmri.train import make_parallel_step, replicate, shard_batch
 
     state = jax.jit(step.make_state)(jax.random.key(0)) if state is None else state
     batch = step.make_batch() if batch is None else batch
     size = int(np.shape(next(iter(batch.values())))[0])
-    context = (jax.default_matmul_precision(precision) if precision
-               else contextlib.nullcontext())
+    state_bytes = sum(int(np.size(x)) * np.dtype(x.dtype).itemsize
+                      for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
     while True:
         result = StepResult(name=step.name, batch=size)
         try:
-            with context:
+            with (jax.default_matmul_precision(precision) if precision
+                  else contextlib.nullcontext()):
                 # A fresh pmapped function per precision: nothing compiled is shared.
                 pstep = make_parallel_step(step.train_step)
                 n = jax.local_device_count()
@@ -150,6 +175,14 @@ def run_step(step: PlanStep, *, precision: str | None = None, warmup: int = 2,
                 compiled = pstep.lower(rstate, rbatch, key, 0, stop).compile()
                 result.compile_s = time.perf_counter() - start
                 result.analysis = analyse(compiled)
+                smaller = fitting_size(result.analysis.total_bytes, state_bytes, size, n,
+                                       _bytes_limit())
+                if smaller < size:
+                    size = smaller
+                    del compiled
+                    gc.collect()
+                    continue
+                result.compiled = compiled
                 count = 0
 
                 def update():
@@ -177,7 +210,8 @@ def run_step(step: PlanStep, *, precision: str | None = None, warmup: int = 2,
 
 
 def train_for(step: PlanStep, pool: Mapping[str, np.ndarray], *, seconds: float,
-              batch_size: int, min_updates: int = 20, seed: int = 0) -> dict[str, Any]:
+              batch_size: int, min_updates: int = 20, seed: int = 0,
+              compiled: Any = None) -> dict[str, Any]:
     """Train ``step`` from its initial state on random batches of ``pool`` for ``seconds``
     (and at least ``min_updates`` updates); returns the losses and the wall time.
 
@@ -187,6 +221,7 @@ def train_for(step: PlanStep, pool: Mapping[str, np.ndarray], *, seconds: float,
     at the initial and the final parameters: the step's metrics are computed before its
     update, so calling the step on that batch and dropping the new state evaluates the loss
     without training on it (the training losses of random batches are too noisy to compare).
+    ``compiled``: the step already compiled for this batch size (from :func:`run_step`).
     """
     from jaxmri.train import make_parallel_step, replicate, shard_batch
 
@@ -207,7 +242,8 @@ def train_for(step: PlanStep, pool: Mapping[str, np.ndarray], *, seconds: float,
 
     fixed = batch(np.arange(batch_size) % n_pool)
     start = time.perf_counter()
-    compiled = pstep.lower(rstate, fixed, key, 0, stop).compile()
+    if compiled is None:
+        compiled = pstep.lower(rstate, fixed, key, 0, stop).compile()
     compile_s = time.perf_counter() - start
     fixed_before = host(compiled(rstate, fixed, key, 0, stop)[1])
     losses: list[float] = []
@@ -325,6 +361,17 @@ def _torch_times(module_name: str, names: set[str], *, repeats: int, paper: bool
         torch.set_default_device("cpu")
 
 
+def first_of_each_experiment(steps: Sequence[PlanStep]) -> list[PlanStep]:
+    """``steps`` reordered: the first step of every experiment, then the others in order (so
+    that a spent budget still leaves every experiment measured)."""
+    seen: set[str] = set()
+    firsts, rest = [], []
+    for step in steps:
+        (rest if step.experiment in seen else firsts).append(step)
+        seen.add(step.experiment)
+    return firsts + rest
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the checks of the module doc; write and return the step rows."""
     parser = benchmark_parser(__doc__, name="gpu_check")
@@ -353,6 +400,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return args.budget_s - (time.perf_counter() - start_all - train_s)
 
     steps = [s for s in plan_steps(preset, paper_px=False) if selected(s.name)]
+    steps = first_of_each_experiment(steps)
     want_training = selected("InvSharpNet training")
     if not steps and not want_training:
         raise SystemExit(f"gpu_check: nothing matches --only {only}")
@@ -363,11 +411,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     train_s = 0.0
     results, inputs = [], {}
     for step in steps:
+        if budget_left() <= 0:
+            results.append(StepResult(name=step.name, batch=step.batch_size,
+                                      error=f"skipped (--budget-s {args.budget_s:g} spent)"))
+            continue
         state = jax.jit(step.make_state)(jax.random.key(0))
         batch = step.make_batch()
         r = run_step(step, warmup=args.warmup, repeats=repeats, state=state, batch=batch)
         results.append(r)
-        inputs[step.name] = (step, r.batch)
+        inputs[step.name] = (step, _halve(batch, r.batch))
         print(f"  {step.name}: " + (r.error or f"{1e3 * statistics.median(r.times):.2f} ms "
                                                 f"(batch {r.batch}, compile {r.compile_s:.0f} s)"),
               flush=True)
@@ -385,9 +437,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         pool = invsharp_batch(exp_preset, max(args.train_pool, exp_preset.batch_size))
         done = next((r for r in results if r.name == TRAIN_STEP_NAME and not r.error), None)
         size = done.batch if done else exp_preset.batch_size
+        compiled = done.compiled if done else None
         while True:
             try:
-                out = train_for(step, pool, seconds=args.train_s, batch_size=size)
+                out = train_for(step, pool, seconds=args.train_s, batch_size=size,
+                                compiled=compiled)
                 training = training_row(out["losses"], out["seconds"], out["batch"],
                                         fixed_before=out["fixed_before"],
                                         fixed_after=out["fixed_after"])
@@ -395,24 +449,28 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 break
             except Exception as err:  # noqa: BLE001
                 if _is_oom(err) and size > 1:
-                    size //= 2
+                    size, compiled = size // 2, None
                     continue
                 training = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
                 break
         train_s = time.perf_counter() - train_start
         print(f"  training: {training}", flush=True)
+        del pool, compiled
+    for r in results:
+        r.compiled = None  # the executables are not needed any more
+    gc.collect()
 
     precision: dict[str, dict[str, StepResult]] = {}
     for r in results:
         if r.error:
             continue
-        step, size = inputs[r.name]
+        step, batch = inputs[r.name]
         for p in PRECISIONS:
             if budget_left() <= 0:
                 break
             state = jax.jit(step.make_state)(jax.random.key(0))
-            other = run_step(step, precision=p, warmup=1, repeats=3, state=state,
-                             batch=_halve(step.make_batch(), size))
+            other = run_step(step, precision=p, warmup=1, repeats=3, state=state, batch=batch)
+            other.compiled = None
             precision.setdefault(r.name, {})[p] = other
             print(f"  {r.name} @ {p}: {precision_cell(r, other)}", flush=True)
 

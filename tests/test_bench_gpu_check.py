@@ -78,3 +78,28 @@ def test_gpu_check_smoke(tmp_path):
     assert saved["training"]["loss fell"] == "yes"
     assert saved["training"]["updates"] >= 20
     assert "InvSharpNet training" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_fitting_size_cuts_the_batch_to_what_should_fit():
+    gib = pp.GiB
+    # 200 GiB at batch 8 with a 1 GiB state: (200 - 2) / 8 per example, (80 - 2) / that = 3.
+    assert gc.fitting_size(200 * gib, gib, 8, 1, 80 * gib) == 3
+    # Two devices: 4 per device, 1 fits per device -> global 2.
+    assert gc.fitting_size(200 * gib, gib, 8, 2, 80 * gib) == 2
+    # Nearly fitting still halves at least; never below one example per device.
+    assert gc.fitting_size(81 * gib, gib, 8, 1, 80 * gib) == 4
+    assert gc.fitting_size(10_000 * gib, gib, 8, 2, 80 * gib) == 2
+    assert gc.fitting_size(50 * gib, gib, 8, 1, 80 * gib) == 8  # fits
+    assert gc.fitting_size(500 * gib, gib, 8, 1, None) == 8  # no limit known (CPU)
+
+
+def test_first_of_each_experiment_goes_first():
+    def step(name, experiment):
+        return pp.PlanStep(name=name, experiment=experiment, train_step=None, state=None,
+                           batch={}, params=None, paper_params=None, steps=1, runs=1,
+                           schedule="", image="", family="")
+
+    steps = [step("a1", "a"), step("a2", "a"), step("b1", "b"), step("a3", "a"),
+             step("c1", "c"), step("b2", "b")]
+    assert [s.name for s in gc.first_of_each_experiment(steps)] == [
+        "a1", "b1", "c1", "a2", "a3", "b2"]
