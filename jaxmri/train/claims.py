@@ -281,7 +281,9 @@ class RegimeRow:
     Attributes:
       row: our row name in the per-slice results.
       paper_row: the paper's row (and table) we compare with, e.g. ``"Bicubic (Table 2)"``.
-      paper_psnr, paper_ssim: the paper's means; ``None`` where the paper gives none.
+      paper_psnr, paper_ssim: the paper's means; ``None`` where the paper gives none (with
+        both ``None`` the row shows our numbers only and ``in_regime`` is ``None``: a row the
+        paper lacks, e.g. zero-filling, still tells how hard our setting is).
       note: why this paper row stands for ours, where they differ.
     """
 
@@ -324,8 +326,8 @@ def regime_table(rows: Sequence[RegimeRow],
             entry[f"delta_{key}"] = (None if values is None or paper is None
                                      else float(values.mean()) - paper)
         entry["n"] = int(_values(per_slice, r.row, "PSNR").size)
-        entry["in_regime"] = within_regime(entry["ours_psnr"], r.paper_psnr, entry["ours_ssim"],
-                                           r.paper_ssim)
+        entry["in_regime"] = None if r.paper_psnr is None and r.paper_ssim is None else (
+            within_regime(entry["ours_psnr"], r.paper_psnr, entry["ours_ssim"], r.paper_ssim))
         out.append(entry)
     return out
 
@@ -346,7 +348,8 @@ def regime_markdown(entries: Sequence[dict], *, title: str | None = None) -> str
     rows = [[e["row"], e["paper_row"], _cell(e["paper_psnr"]),
              _cell(e["ours_psnr"], e["ours_psnr_sd"]), _cell(e["delta_psnr"], sign=True),
              _cell(e["paper_ssim"], digits=3), _cell(e["ours_ssim"], e["ours_ssim_sd"], 3),
-             _cell(e["delta_ssim"], digits=3, sign=True), "yes" if e["in_regime"] else "**no**",
+             _cell(e["delta_ssim"], digits=3, sign=True),
+             {True: "yes", False: "**no**", None: "n.a. (no paper number)"}[e["in_regime"]],
              e["note"]] for e in entries]
     return markdown_grid(columns, rows, title=title)
 
@@ -461,7 +464,8 @@ def aggregate_regime(per_seed: Mapping[int, Mapping]) -> dict:
                 raise ValueError(f"seed {seed} has other regime rows than seed {seeds[0]}")
             entry["per_seed"][str(seed)] = {k: other[number][k] for k in (
                 "ours_psnr", "ours_ssim", "delta_psnr", "delta_ssim", "in_regime")}
-        entry["in_regime_seeds"] = sum(s["in_regime"] for s in entry["per_seed"].values())
+        entry["in_regime_seeds"] = (None if first["in_regime"] is None else
+                                    sum(s["in_regime"] for s in entry["per_seed"].values()))
         entry["seeds_run"] = len(seeds)
         rows.append(entry)
     return {"seeds": [int(s) for s in seeds], "rows": rows}
@@ -478,7 +482,8 @@ def aggregate_regime_markdown(aggregate: Mapping, *, title: str | None = None) -
                  f"{_cell(e['paper_psnr'])} / {_cell(e['paper_ssim'], digits=3)}"]
         cells += [f"{_cell(e['per_seed'][s]['ours_psnr'])} / "
                   f"{_cell(e['per_seed'][s]['ours_ssim'], digits=3)}" for s in seeds]
-        cells.append(f"{e['in_regime_seeds']}/{e['seeds_run']} seeds")
+        cells.append("n.a." if e["in_regime_seeds"] is None
+                     else f"{e['in_regime_seeds']}/{e['seeds_run']} seeds")
         rows.append(cells)
     return markdown_grid(columns, rows, title=title)
 

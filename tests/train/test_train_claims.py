@@ -189,7 +189,8 @@ def test_regime_table_values(tmp_path):
     per_slice = {"ZF": {"PSNR": np.array([20.0, 22.0, 24.0]), "SSIM": np.array([0.5, 0.6, 0.7])},
                  "Bicubic": {"PSNR": np.array([26.0, 26.0]), "SSIM": np.array([0.6, 0.7])}}
     rows = [cl.RegimeRow("ZF", "ZF+EDSR (Table 2)", 22.2, 0.601),
-            cl.RegimeRow("Bicubic", "Bicubic (Table 2)", 22.2, None, note="no SSIM")]
+            cl.RegimeRow("Bicubic", "Bicubic (Table 2)", 22.2, None, note="no SSIM"),
+            cl.RegimeRow("ZF", "none: the paper has no zero-filled row", None, None)]
     entries = cl.regime_table(rows, per_slice)
     np.testing.assert_allclose(entries[0]["ours_psnr"], 22.0)
     np.testing.assert_allclose(entries[0]["ours_psnr_sd"], 2.0)
@@ -198,11 +199,13 @@ def test_regime_table_values(tmp_path):
     assert entries[0]["in_regime"] is True and entries[0]["n"] == 3
     np.testing.assert_allclose(entries[1]["delta_psnr"], 3.8)
     assert entries[1]["delta_ssim"] is None and entries[1]["in_regime"] is False
+    assert entries[2]["in_regime"] is None and entries[2]["ours_ssim"] == 0.6
     cl.write_regime(entries, tmp_path)
     saved = json.loads((tmp_path / "regime.json").read_text())
     assert saved["rows"][1]["in_regime"] is False
     text = (tmp_path / "regime.md").read_text()
     assert "| Bicubic | Bicubic (Table 2) | 22.20 | 26.00 ± 0.00 | +3.80 | n.s." in text
+    assert "n.a. (no paper number)" in text
 
 
 # --------------------------------------------------------------------------------------------
