@@ -355,9 +355,9 @@ METHOD = "DSGAN + EDSR"
 # Paper 001, real liver LR, mean over five folds: (PSNR dB, SSIM) per row (Tables 2 and 3).
 PAPER = {"DSGAN + EDSR": (22.3, 0.627), "Bicubic": (22.2, 0.605), "ZF + EDSR": (22.2, 0.601),
          "GB + EDSR": (19.5, 0.516), "DSN + EDSR": (21.7, 0.489)}
-_WHY = {"GB + EDSR": "above; abstract: +2.76 dB / +0.111 SSIM, t-test p < 0.05",
-        "ZF + EDSR": "above", "Bicubic": "above; the text calls them 'approximately equal'",
-        "DSN + EDSR": "above (Table 3)"}
+_WHY = {"GB + EDSR": "Table 2; abstract: +2.76 dB / +0.111 SSIM, t-test p < 0.05",
+        "ZF + EDSR": "Table 2", "Bicubic": "Table 2; the text calls them 'approximately equal'",
+        "DSN + EDSR": "Table 3"}
 
 
 def paper_claims() -> list[Claim]:
@@ -369,7 +369,7 @@ def paper_claims() -> list[Claim]:
             claims.append(Claim(
                 text=f"{METHOD} above {baseline} on {metric}", metric=metric, method=METHOD,
                 baseline=baseline, direction="higher",
-                paper=f"{ours:g} vs {theirs:g}{unit} ({ours - theirs:+.3g}; {why})"))
+                paper=f"{ours:g} vs {theirs:g}{unit} ({ours - theirs:+.3g}); {why}"))
     return claims
 
 

@@ -234,14 +234,14 @@ def _num(value: float) -> str:
 
 def claims_markdown(results: Sequence[ClaimResult], *, title: str | None = None) -> str:
     """The claims table: one row per claim with the paper's and our numbers and the verdict."""
-    columns = ["claim", "metric", "expected", "paper", "ours: method / baseline",
+    columns = ["claim", "metric", "paper", "ours: method / baseline", "expected diff.",
                "mean diff. [95 % CI]", "Wilcoxon p", "n", "verdict"]
     rows = []
     for r in results:
         c, s = r.claim, r.comparison
         rows.append([
-            c.text, c.metric, f"{c.method} {c.direction} than {c.baseline}", c.paper,
-            f"{_num(s.method_mean)} / {_num(s.baseline_mean)}",
+            c.text, c.metric, c.paper, f"{_num(s.method_mean)} / {_num(s.baseline_mean)}",
+            "> 0" if c.direction == "higher" else "< 0",
             f"{s.mean_difference:+.4g} [{s.ci_low:+.4g}, {s.ci_high:+.4g}]",
             f"{s.p_value:.2g}", str(s.n), f"**{r.verdict}**"])
     return markdown_grid(columns, rows, title=title)
@@ -434,13 +434,12 @@ def aggregate_claims(per_seed: Mapping[int, Mapping]) -> dict:
 def aggregate_claims_markdown(aggregate: Mapping, *, title: str | None = None) -> str:
     """One row per claim: per seed ``Δ (p)`` and in how many seeds it is reproduced."""
     seeds = [str(s) for s in aggregate["seeds"]]
-    columns = (["claim", "metric", "expected", "paper"]
+    columns = (["claim", "metric", "paper", "expected diff."]
                + [f"seed {s}: mean diff. (p)" for s in seeds]
                + ["reproduced in", "contradicted in"])
     rows = []
     for c in aggregate["claims"]:
-        cells = [c["text"], c["metric"], f"{c['method']} {c['direction']} than {c['baseline']}",
-                 c["paper"]]
+        cells = [c["text"], c["metric"], c["paper"], "> 0" if c["direction"] == "higher" else "< 0"]
         for s in seeds:
             r = c["per_seed"][s]
             cells.append(f"{r['mean_difference']:+.4g} (p={r['p_value']:.2g}, {r['verdict']})")

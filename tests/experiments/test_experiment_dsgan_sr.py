@@ -47,7 +47,7 @@ def test_paper_claims_and_regime_rows():
         (b, m) for b in ("GB + EDSR", "ZF + EDSR", "Bicubic", "DSN + EDSR")
         for m in ("PSNR", "SSIM")]
     assert all(c.method == "DSGAN + EDSR" and c.direction == "higher" for c in claims)
-    assert claims[0].paper.startswith("22.3 vs 19.5 dB (+2.8")
+    assert claims[0].paper.startswith("22.3 vs 19.5 dB (+2.8); Table 2")
     rows = {r.row: (r.paper_psnr, r.paper_ssim) for r in exp.regime_rows()}
     assert rows["Bicubic"] == (22.2, 0.605) and rows["ZF + EDSR"] == (22.2, 0.601)
 
