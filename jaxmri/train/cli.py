@@ -24,17 +24,19 @@ import inspect
 import os
 import sys
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from jaxmri.errors import MissingCheckpointError, UserInputError
 from jaxmri.train import distributed
+from jaxmri.train.claims import run_over_seeds
 from jaxmri.train.run_record import RUN_RECORD, write_run_record
 from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_summary",
-           "exit_on_training_stop", "exit_on_user_error", "check_batch_size"]
+           "exit_on_training_stop", "exit_on_user_error", "check_batch_size",
+           "argv_for_seed", "repeat_over_seeds"]
 
 # Workdirs that setup_from_args created in this process (the top-most folder it made), so that
 # exit_on_user_error can take them away again when the input turns out to be unusable.
@@ -155,6 +157,18 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers >= 0 such as 0,1,2, got {text!r}") from None
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct comma-separated integers >= 0 such as 0,1,2, got {text!r}")
+    return seeds
+
+
 def _coordinator(text: str) -> str:
     try:
         distributed.parse_coordinator(text)
@@ -242,6 +256,14 @@ def experiment_parser(
         type=_non_negative_int,
         default=0,
         help="seed of model initialisation, data simulation and training noise (default: 0)",
+    )
+    parser.add_argument(
+        "--seeds",
+        metavar="N,N,...",
+        type=_seed_list,
+        default=None,
+        help="run the whole preset once per seed, in <workdir>/seed<k>/, then write "
+        "claims_over_seeds.md (in how many seeds each paper claim holds); replaces --seed",
     )
     parser.add_argument(
         "--resume",
@@ -376,3 +398,47 @@ def check_batch_size(batch_size: int | None, num_examples: int, *,
     if batch_size is not None and batch_size > num_examples:
         raise UserInputError(f"--batch-size {batch_size} is larger than the {num_examples} "
                              f"{what}; use --batch-size {num_examples} or less")
+
+
+def _without_flags(argv: Sequence[str], flags: tuple[str, ...]) -> list[str]:
+    """``argv`` without ``--flag value`` and ``--flag=value`` for each of ``flags``."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in flags:
+            skip = True
+        elif not any(token.startswith(flag + "=") for flag in flags):
+            out.append(token)
+    return out
+
+
+def argv_for_seed(argv: Sequence[str], seed: int, workdir: str | os.PathLike) -> list[str]:
+    """The command line of one seed of a ``--seeds`` run: ``argv`` without ``--seeds``,
+    ``--seed`` and ``--workdir``, then ``--seed <seed> --workdir <workdir>``."""
+    rest = _without_flags(list(argv), ("--seeds", "--seed", "--workdir"))
+    return [*rest, "--seed", str(seed), "--workdir", str(workdir)]
+
+
+def repeat_over_seeds(main: Callable[[list[str]], object], argv: Sequence[str] | None,
+                      args: argparse.Namespace) -> dict:
+    """Run an experiment's ``main`` once per seed of ``args.seeds`` and aggregate its claims.
+
+    Call it right after parsing, before :func:`setup_from_args`::
+
+        args = parser.parse_args(argv)
+        if args.seeds is not None:
+            return repeat_over_seeds(main, argv, args)
+
+    Each seed runs ``main(argv_for_seed(argv, seed, <workdir>/seed<seed>))`` in this process;
+    see :func:`jaxmri.train.claims.run_over_seeds` for what is written. ``argv`` ``None`` means
+    ``sys.argv[1:]``. Multi-process runs are refused (each seed would join the run again).
+    """
+    if args.coordinator is not None or args.num_processes > 1:
+        raise ValueError("--seeds runs the seeds one after another in one process; it cannot be "
+                         "combined with --coordinator/--num-processes (run one --seed per job)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    workdir = args.workdir if args.workdir is not None else (
+        Path("runs") / args.experiment / args.preset)
+    return run_over_seeds(lambda seed, folder: main(argv_for_seed(argv, seed, folder)),
+                          args.seeds, workdir)

@@ -23,8 +23,8 @@ __all__ = ["RUN_RECORD", "write_run_record", "read_run_record"]
 
 RUN_RECORD = "run.json"
 # Flags that select what a command does rather than what was trained.
-_NOT_RECORDED = {"predict", "out", "all_methods", "workdir", "coordinator", "num_processes",
-                 "process_id", "resume"}
+_NOT_RECORDED = {"predict", "out", "all_methods", "workdir", "seeds", "coordinator",
+                 "num_processes", "process_id", "resume"}
 
 
 def _json_value(value: Any) -> Any:
