@@ -45,7 +45,7 @@ from jaxmri.models import invsharp as isn
 from jaxmri.models.recon import DCCascade, UNetRecon
 from jaxmri.nn.fixed_point import Unrolled
 from jaxmri.nn.layers import complex_to_channels
-from jaxmri.physics import equispaced_column_mask
+from jaxmri.physics import equispaced_fraction_column_mask
 from jaxmri.train import (
     apply_mean_gradients,
     create_train_state,
@@ -83,6 +83,7 @@ class Preset:
     acceleration: float = 4.0
     center_fraction: float = 0.08
     snr_db: float = 30.0
+    coil_radius: float = 1.5
     ablation_coeffs: tuple[float, ...] = (0.6, 0.8)
     checkpoint_every: int = 500
     eval_slices: int = 16
@@ -142,7 +143,8 @@ METHOD_RUNS = (
 def load_acquisitions(data: str | None, preset: Preset, seed: int,
                       splits: Sequence[str] = ("train", "val", "test")) -> dict[str, dict]:
     """Slices of each split and their simulated (or measured) acquisitions, host numpy."""
-    mask_fn = functools.partial(equispaced_column_mask, center_fraction=preset.center_fraction,
+    mask_fn = functools.partial(equispaced_fraction_column_mask,
+                                center_fraction=preset.center_fraction,
                                 acceleration=preset.acceleration)
     out = {}
     for split in splits:
@@ -153,7 +155,8 @@ def load_acquisitions(data: str | None, preset: Preset, seed: int,
             raise ValueError(f"the {split} split of {data or 'the embedded MNI152 data'} is empty")
         acq = acquire_slices(slices, np.arange(n), mask_fn=mask_fn,
                              seed=1000 * seed + SPLIT_SEEDS.get(split, 3),
-                             num_coils=preset.num_coils, snr_db=preset.snr_db)
+                             num_coils=preset.num_coils, snr_db=preset.snr_db,
+                             coil_radius=preset.coil_radius)
         out[split] = {k: acq[k] for k in ("target", "kspace", "mask", "maps", "zero_filled")}
     return out
 

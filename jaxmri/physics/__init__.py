@@ -36,6 +36,7 @@ from jaxmri.physics.fft import fft2c, ifft2c
 from jaxmri.physics.masks import (
     as_numpy_generator,
     equispaced_column_mask,
+    equispaced_fraction_column_mask,
     gaussian_cartesian_mask,
     poisson_disc_mask,
     pseudo_radial_lines,
@@ -59,6 +60,7 @@ from jaxmri.physics.sense import (
 __all__ = [
     "fft2c", "ifft2c",
     "as_numpy_generator", "random_column_mask", "equispaced_column_mask",
+    "equispaced_fraction_column_mask",
     "gaussian_cartesian_mask", "variable_density_random_mask", "pseudo_radial_mask",
     "pseudo_radial_lines", "poisson_disc_mask",
     "sense_forward", "sense_adjoint", "sense_normal", "rss", "sense_combine",
