@@ -242,9 +242,10 @@ def simulate_acquisition(
         raise ValueError(f"seed must be a non-negative int, got {seed}")
     n, height, width = images.shape
     ids = _slice_ids(slice_index, n)
+    # A bad num_coils goes to simulate_coil_maps, which validates it and names the problem.
     maps = (_coil_maps((height, width), int(num_coils), float(coil_radius))
             if isinstance(num_coils, (int, np.integer)) and num_coils >= 1
-            else simulate_coil_maps((height, width), num_coils, radius=coil_radius))  # validates, names the problem
+            else simulate_coil_maps((height, width), num_coils, radius=coil_radius))
     rngs = [slice_rng(seed, i) for i in ids]
     masks, accs = _masks(mask_fn, rngs, (height, width), fixed_mask, seed)  # the first draws
     coefs = np.stack([_phase_coefficients(rng, (height, width), phase_cutoff) for rng in rngs])

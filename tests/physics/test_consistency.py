@@ -220,7 +220,8 @@ def _sense_problem(num_coils: int, num_columns: int, *, noise: float = 0.0, seed
     mask = np.zeros((12, 12), np.float32)
     mask[:, rng.permutation(12)[:num_columns]] = 1.0
     image, truth = _crandn(rng, (2, 12, 12)), _crandn(rng, (2, 12, 12))
-    measured = mask * (_np_fft2c(maps * truth[:, None]) + noise * _crandn(rng, (2, num_coils, 12, 12)))
+    noise_draw = noise * _crandn(rng, (2, num_coils, 12, 12))
+    measured = mask * (_np_fft2c(maps * truth[:, None]) + noise_draw)
     return maps, mask, image, truth, measured.astype(np.complex64)
 
 
