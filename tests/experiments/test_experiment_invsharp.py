@@ -77,9 +77,12 @@ def test_every_row_gets_the_same_final_dc(smoke_run):
 def test_presets_use_one_orientation_and_a_true_4x_mask():
     for name, preset in invsharp.PRESETS.items():
         assert preset.orientations == ("axial",), name
-    data = invsharp.load_acquisitions(None, invsharp.PRESETS["smoke"], 0, splits=("val",))
+    # The cpu preset's 64 px slices: 15-16 of 64 columns (the plain equispaced mask with the
+    # centre on top keeps 20, i.e. 3.2x).
+    data = invsharp.load_acquisitions(None, invsharp.PRESETS["cpu"], 0, splits=("val",))
     achieved = 1 / data["val"]["mask"].mean(axis=(1, 2))
-    assert np.all(np.abs(achieved - 4.0) < 0.5)
+    assert np.all((achieved > 3.7) & (achieved < 4.3))
+    assert abs(achieved.mean() - 4.0) < 0.1
 
 
 def test_second_run_resumes_instead_of_retraining(smoke_run):
