@@ -124,7 +124,8 @@ PRESETS = {
     "cpu": Preset(
         description=("About 17 CPU-minutes (user+sys, seed 0), estimated 10-12 minutes wall on "
                      "2 idle cores (not yet timed on a quiet machine): 64 px axial slices "
-                     "(one orientation: no voxel shared across splits), 8 coils close to the head, fastMRI "
+                     "(one orientation: no voxel shared across splits), 8 coils close to "
+                     "the head, fastMRI "
                      "equispaced-fraction 4x mask, SNR 30 dB; recon model 1 (5 cascades) and "
                      "the U-Net (regime row) 300 steps, 4 blocks x 5 convs x 32 and 300 steps "
                      "per method; prints Tables 2, 3, the regime and claims tables (the "
