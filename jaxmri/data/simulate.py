@@ -128,11 +128,11 @@ def _phases_from_coefficients(coef: np.ndarray, shape: tuple[int, int], phase_cu
 
 
 @functools.lru_cache(maxsize=16)
-def _coil_maps(shape: tuple[int, int], num_coils: int) -> np.ndarray:
+def _coil_maps(shape: tuple[int, int], num_coils: int, radius: float = 1.5) -> np.ndarray:
     # Deterministic in (shape, num_coils) and needed by every batch (0.3 ms at 48 px, a sixth
     # of a RecNet batch of 8): computed once, read-only so that no caller can change the
     # cached copy.
-    maps = simulate_coil_maps(shape, num_coils)
+    maps = simulate_coil_maps(shape, num_coils, radius=radius)
     maps.setflags(write=False)
     return maps
 
@@ -214,6 +214,7 @@ def simulate_acquisition(
     fixed_mask: bool = False,
     max_phase: float = np.pi,
     phase_cutoff: float = 2.0,
+    coil_radius: float = 1.5,
 ) -> dict[str, np.ndarray]:
     """Simulate a multi-coil (or single-coil) Cartesian acquisition of magnitude slices.
 
@@ -228,6 +229,9 @@ def simulate_acquisition(
       snr_db: k-space SNR in dB as defined in the module docstring; ``None``: no noise.
       fixed_mask: one mask for every slice instead of a fresh mask per slice.
       max_phase, phase_cutoff: the smooth random phase, see :func:`smooth_phase`.
+      coil_radius: radius of the coil circle in units of the half field of view, see
+        :func:`jaxmri.physics.sense.simulate_coil_maps` (1.5: coils well outside the image;
+        1.0: coils on the inscribed circle, close to a head that fills the field of view).
 
     Returns:
       The acquisition dict described in the module docstring.
@@ -238,9 +242,10 @@ def simulate_acquisition(
         raise ValueError(f"seed must be a non-negative int, got {seed}")
     n, height, width = images.shape
     ids = _slice_ids(slice_index, n)
-    maps = (_coil_maps((height, width), int(num_coils))
+    # A bad num_coils goes to simulate_coil_maps, which validates it and names the problem.
+    maps = (_coil_maps((height, width), int(num_coils), float(coil_radius))
             if isinstance(num_coils, (int, np.integer)) and num_coils >= 1
-            else simulate_coil_maps((height, width), num_coils))  # validates, names the problem
+            else simulate_coil_maps((height, width), num_coils, radius=coil_radius))
     rngs = [slice_rng(seed, i) for i in ids]
     masks, accs = _masks(mask_fn, rngs, (height, width), fixed_mask, seed)  # the first draws
     coefs = np.stack([_phase_coefficients(rng, (height, width), phase_cutoff) for rng in rngs])
@@ -313,6 +318,7 @@ def acquire_slices(
     num_coils: int = 8,
     snr_db: float | None = 30.0,
     fixed_mask: bool = False,
+    coil_radius: float = 1.5,
 ) -> dict[str, np.ndarray]:
     """One batch: the acquisition of ``slices`` at ``indices`` (the indices seed the slices).
 
@@ -327,7 +333,7 @@ def acquire_slices(
     else:
         out = simulate_acquisition(slices["image"][indices], mask_fn=mask_fn, seed=seed,
                                    slice_index=indices, num_coils=num_coils, snr_db=snr_db,
-                                   fixed_mask=fixed_mask)
+                                   fixed_mask=fixed_mask, coil_radius=coil_radius)
     if "labels" in slices:
         out["labels"] = slices["labels"][indices]
     return out

@@ -22,7 +22,7 @@ Imported from their submodules (used by one or two papers):
   "scanner" low-resolution acquisition (paper 001).
 """
 
-from jaxmri.physics.consistency import hard_dc, image_dc, proximal_dc, soft_dc
+from jaxmri.physics.consistency import hard_dc, image_dc, projection_dc, proximal_dc, soft_dc
 from jaxmri.physics.degrade import (
     bicubic_resize,
     complex_gaussian_noise,
@@ -36,6 +36,7 @@ from jaxmri.physics.fft import fft2c, ifft2c
 from jaxmri.physics.masks import (
     as_numpy_generator,
     equispaced_column_mask,
+    equispaced_fraction_column_mask,
     gaussian_cartesian_mask,
     poisson_disc_mask,
     pseudo_radial_lines,
@@ -59,11 +60,12 @@ from jaxmri.physics.sense import (
 __all__ = [
     "fft2c", "ifft2c",
     "as_numpy_generator", "random_column_mask", "equispaced_column_mask",
+    "equispaced_fraction_column_mask",
     "gaussian_cartesian_mask", "variable_density_random_mask", "pseudo_radial_mask",
     "pseudo_radial_lines", "poisson_disc_mask",
     "sense_forward", "sense_adjoint", "sense_normal", "rss", "sense_combine",
     "simulate_coil_maps", "espirit_maps", "CGResult", "conjugate_gradient", "cg_sense",
-    "hard_dc", "soft_dc", "proximal_dc", "image_dc",
+    "hard_dc", "soft_dc", "proximal_dc", "image_dc", "projection_dc",
     "kspace_crop", "kspace_zero_pad", "fermi_filter", "gaussian_blur", "bicubic_resize",
     "complex_gaussian_noise", "rician_noise",
 ]

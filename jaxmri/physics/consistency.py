@@ -9,6 +9,18 @@ k-space both work.
 All layers are pure, elementwise in k-space, differentiable with respect to every argument
 (including a traced, learnable ``noise_lambda`` or ``rho``) and work under ``jax.jit`` and
 ``jax.vmap``. They are the DC steps of the cascades (DC-CNN), IFR-Net and InvSharpNet.
+
+Multi-coil data have two different "hard DC" operations, and only one is a projection:
+
+* :func:`image_dc` (coil-wise DC): expand the image into coil k-space, replace the measured
+  samples coil by coil, combine the coils with the maps: ``S^H F^H [(1 - M) F S x + M y]``. This
+  is the data-consistency plus coil-combination step of VS-Net (Duan et al. 2019, the DC that
+  paper 000 cites) and of SENSE-based cascades. The replacement is exact in coil k-space, but the
+  combined image is in general *not* consistent (``M F S x' != y``) and the map is not
+  idempotent, because ``S S^H`` is not the identity on coil images.
+* :func:`projection_dc` (exact): the orthogonal projection of the image onto the images that
+  explain the measurement, ``argmin ||x' - x||`` subject to ``M F S x' = y`` (onto the
+  least-squares solutions when no image explains a noisy ``y``), by conjugate gradient.
 """
 
 from __future__ import annotations
@@ -27,9 +39,9 @@ from jaxmri._checks import (
     check_real,
 )
 from jaxmri.physics.fft import fft2c, ifft2c
-from jaxmri.physics.sense import sense_adjoint, sense_forward
+from jaxmri.physics.sense import conjugate_gradient, sense_adjoint, sense_forward
 
-__all__ = ["hard_dc", "soft_dc", "proximal_dc", "image_dc"]
+__all__ = ["hard_dc", "soft_dc", "proximal_dc", "image_dc", "projection_dc"]
 
 
 def _check_kspace_pair(kspace_pred, kspace_measured, mask, pred_name: str) -> None:
@@ -153,12 +165,16 @@ def image_dc(
     maps: jax.Array | None = None,
     noise_lambda: float | jax.Array | None = None,
 ) -> jax.Array:
-    """Data consistency applied to an image: go to k-space, apply DC, come back.
+    """Coil-wise data consistency applied to an image: go to k-space, apply DC, come back.
 
     Single-coil (``maps is None``): ``ifft2c(dc(fft2c(x), y, m))`` with ``x`` and ``y`` shaped
-    ``(..., H, W)``. Multi-coil: ``S^H F^H dc(F S x, y, m)`` with ``maps`` ``(..., C, H, W)`` and
-    ``y`` ``(..., C, H, W)``: this is exact data consistency in image space when
-    ``sum_c |S_c|^2 = 1``. ``dc`` is :func:`hard_dc` for ``noise_lambda is None`` and
+    ``(..., H, W)``; with hard DC this is the exact projection onto the consistent images.
+    Multi-coil: ``S^H F^H dc(F S x, y, m)`` with ``maps`` ``(..., C, H, W)`` and ``y``
+    ``(..., C, H, W)``: DC is exact per coil in k-space, then the coils are combined with the maps
+    (VS-Net's DC and weighted-average blocks). The combined image is NOT exactly consistent and
+    the map is not idempotent, even with ``sum_c |S_c|^2 = 1`` (``S S^H != I``); an image that is
+    already consistent (``M F S x = y``) is a fixed point. For the exact projection use
+    :func:`projection_dc`. ``dc`` is :func:`hard_dc` for ``noise_lambda is None`` and
     :func:`soft_dc` otherwise.
 
     Args:
@@ -191,3 +207,84 @@ def image_dc(
             )
         return ifft2c(dc(fft2c(image)))
     return sense_adjoint(dc(sense_forward(image, maps)), maps)
+
+
+def projection_dc(
+    image: jax.Array,
+    kspace_measured: jax.Array,
+    mask: jax.Array,
+    *,
+    maps: jax.Array | None = None,
+    tol: float = 1e-5,
+    max_iter: int = 100,
+) -> jax.Array:
+    """Exact hard data consistency: project the image onto the images that explain ``y``.
+
+    With ``A = M F S`` this returns ``x' = x + A^+ (y - A x)``: the image closest to ``x`` (in
+    the 2-norm) among the least-squares solutions of ``A x' = y``. When ``y`` is consistent
+    (some image gives ``A x' = y``, e.g. noiseless data, or fewer samples than unknowns) that is
+    the orthogonal projection onto ``{x' : M F S x' = y}``, so ``M F S x' = y`` on the sampled
+    set; in every case the map is idempotent. Note what this means for noisy, overdetermined
+    multi-coil data (``C / acceleration >= 1`` and full-rank SENSE): the only least-squares
+    solution is the unregularised SENSE image, and the projection discards ``x`` entirely.
+
+    Single-coil (``maps is None``): ``A`` is a masked unitary FFT and the projection is
+    :func:`image_dc` with hard DC (closed form). Multi-coil: ``delta = A^+ (y - A x)`` is the
+    minimum-norm solution of ``A^H A delta = A^H (y - A x)``, by conjugate gradient from 0 (CG
+    stays in the range of ``A^H``), one system per image (leading axes are vmapped).
+
+    Args:
+      image: complex image ``(..., H, W)``, ``complex64``.
+      kspace_measured: measured k-space ``(..., H, W)`` single-coil or ``(..., C, H, W)``;
+        values where the mask is 0 are ignored.
+      mask: real 0/1 mask broadcastable to the k-space, typically ``(H, W)``.
+      maps: optional coil sensitivities ``(..., C, H, W)``.
+      tol: CG tolerance (multi-coil only): stop when ``||A^H (y - A x')|| <= tol ||A^H y||``.
+      max_iter: CG iteration cap (multi-coil only); exactness needs CG to converge.
+
+    Returns:
+      Image ``(..., H, W)``, ``complex64``.
+    """
+    if maps is None:
+        return image_dc(image, kspace_measured, mask)
+    check_ndim(image, "image", min_ndim=2)
+    check_complex(image, "image")
+    check_ndim(kspace_measured, "kspace_measured", min_ndim=3)
+    check_complex(kspace_measured, "kspace_measured")
+    check_ndim(maps, "maps", min_ndim=3)
+    check_complex(maps, "maps")
+    check_real(mask, "mask")
+    coil_shape = check_broadcastable(kspace_measured, maps, "kspace_measured", "maps")
+    image_shape = jax.ShapeDtypeStruct(np.shape(image)[:-2] + (1,) + np.shape(image)[-2:],
+                                       jnp.bool_)
+    coil_shape = check_broadcastable(image_shape, jax.ShapeDtypeStruct(coil_shape, jnp.bool_),
+                                     "image", "maps")
+    if check_broadcastable(mask, jax.ShapeDtypeStruct(coil_shape, jnp.bool_), "mask",
+                           "the k-space") != tuple(coil_shape):
+        raise ValueError(f"mask with shape {np.shape(mask)} must broadcast to the k-space shape "
+                         f"{tuple(coil_shape)} without enlarging it")
+    lead, (num_coils, height, width) = tuple(coil_shape[:-3]), tuple(coil_shape[-3:])
+    batch = int(np.prod(lead, dtype=np.int64))
+
+    def flat(x, shape):
+        return jnp.broadcast_to(x, lead + shape).reshape((batch,) + shape)
+
+    x = flat(image, (height, width))
+    y = flat(kspace_measured, (num_coils, height, width))
+    s = flat(maps, (num_coils, height, width))
+    m = flat(_real_mask(mask, x), (num_coils, height, width))
+
+    def project(x, y, s, m):
+        residual = m * y - sense_forward(x, s, m)
+        rhs = sense_adjoint(residual, s, m)
+        # Tolerance relative to the data's scale ||A^H y||, not to ||rhs||: for an image that is
+        # already (numerically) projected, rhs is rounding noise, and solving it to a relative
+        # tolerance would amplify that noise through the small singular values of A.
+        scale = jnp.linalg.norm(sense_adjoint(m * y, s, m))
+        rhs_norm = jnp.linalg.norm(rhs)
+        relative_tol = tol * scale / jnp.where(rhs_norm > 0, rhs_norm, 1.0)
+        delta = conjugate_gradient(lambda v: sense_adjoint(sense_forward(v, s, m), s, m), rhs,
+                                   tol=relative_tol, max_iter=max_iter).image
+        return x + delta
+
+    return jax.vmap(project)(x, y, s, m).reshape(lead + (height, width))

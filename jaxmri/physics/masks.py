@@ -35,6 +35,7 @@ __all__ = [
     "as_numpy_generator",
     "random_column_mask",
     "equispaced_column_mask",
+    "equispaced_fraction_column_mask",
     "gaussian_cartesian_mask",
     "variable_density_random_mask",
     "pseudo_radial_mask",
@@ -233,6 +234,54 @@ def equispaced_column_mask(
     offset = int(gen.integers(0, spacing))
     columns = centre.copy()
     columns[offset::spacing] = True
+    return _finish(_columns_to_mask(columns, height))
+
+
+def equispaced_fraction_column_mask(
+    rng: RngLike,
+    shape: Sequence[int],
+    *,
+    center_fraction: float,
+    acceleration: float,
+) -> tuple[np.ndarray, float]:
+    """fastMRI ``EquispacedMaskFractionFunc``: the centre plus equispaced columns, ``W / a`` in all.
+
+    Unlike :func:`equispaced_column_mask` the spacing of the outer columns is stretched so that,
+    centre included, about ``W / acceleration`` columns are kept (a true ``acceleration``-fold
+    mask). With ``n_low`` centre columns (fastMRI's centre, see :func:`random_column_mask`) the
+    outer spacing ``s`` solves ``n_low + (W - n_low) / s = W / a``, i.e.
+    ``s = a (W - n_low) / (W - a n_low)``; the outer columns are ``round(offset + k s)`` for
+    ``offset + k s < W - 1``, with ``offset`` drawn uniformly from ``[0, round(s))``. Some outer
+    columns fall inside the centre, so the achieved acceleration is close to, not exactly, ``a``.
+
+    Args:
+      rng: Generator, int seed or jax key (see :func:`as_numpy_generator`).
+      shape: ``(H, W)`` of the k-space; columns are drawn along ``W``.
+      center_fraction: fraction of columns in the fully sampled centre, in ``[0, 1]``.
+      acceleration: requested acceleration ``>= 1`` (may be fractional).
+
+    Returns:
+      ``(mask, acceleration)``: ``float32`` ``(H, W)`` column mask and achieved acceleration.
+
+    Raises:
+      ValueError: bad ``shape``, ``acceleration < 1``, ``center_fraction`` outside ``[0, 1]``, or
+        a centre that leaves no budget for outer columns (``n_low >= W / acceleration``).
+    """
+    height, width = check_shape_2d(shape, "shape")
+    acceleration = _check_acceleration(acceleration)
+    center_fraction = _check_fraction(center_fraction, "center_fraction")
+    gen = as_numpy_generator(rng)
+    centre = _fastmri_centre(width, center_fraction, acceleration)
+    n_low = int(centre.sum())
+    if width - acceleration * n_low <= 0:
+        raise ValueError(
+            f"center_fraction={center_fraction} keeps {n_low} of {width} columns, the whole "
+            f"budget of acceleration={acceleration}: lower center_fraction or acceleration"
+        )
+    spacing = acceleration * (width - n_low) / (width - acceleration * n_low)
+    offset = int(gen.integers(0, max(1, round(spacing))))
+    columns = centre.copy()
+    columns[np.round(np.arange(offset, width - 1, spacing)).astype(int)] = True
     return _finish(_columns_to_mask(columns, height))
 
 

@@ -152,6 +152,21 @@ def test_full_mask_without_noise_recovers_target(images, num_coils):
     assert np.all(out["noise_std"] == 0)
 
 
+def test_coil_radius_sets_the_simulated_maps(images):
+    from jaxmri.physics.sense import simulate_coil_maps
+
+    near = simulate_acquisition(images, mask_fn=full_mask, seed=0, num_coils=4, snr_db=None,
+                                coil_radius=1.0)
+    np.testing.assert_allclose(near["maps"][0], simulate_coil_maps((32, 32), 4, radius=1.0),
+                               atol=1e-6)
+    far = simulate_acquisition(images, mask_fn=full_mask, seed=0, num_coils=4, snr_db=None)
+    np.testing.assert_allclose(far["maps"][0], simulate_coil_maps((32, 32), 4, radius=1.5),
+                               atol=1e-6)
+    # Closer coils: each coil's sensitivity varies more over the image (better SENSE coverage).
+    spread = [np.ptp(np.abs(out["maps"][0]), axis=(-2, -1)).mean() for out in (near, far)]
+    assert spread[0] > spread[1]
+
+
 def test_from_kspace_uses_rss_maps_and_the_same_masks(rng):
     kspace = random_kspace(rng, 3, 4, 16, 16)
     out = acquisition_from_kspace(kspace, mask_fn=MASK, seed=9)

@@ -41,6 +41,50 @@ def test_smoke_run_writes_tables_and_figures(smoke_run):
         assert (workdir / name).stat().st_size > 0
 
 
+def test_claims_and_regime_tables_cover_the_paper_rows(smoke_run):
+    workdir, _, summary = smoke_run
+    claims = json.loads((workdir / "claims.json").read_text())
+    rows = set(summary["table2"])
+    keys = [c.key for c in invsharp.paper_claims(1)]
+    assert [c["key"] for c in claims["claims"]] == keys
+    assert all(c.method in rows and c.baseline in rows for c in invsharp.paper_claims(1))
+    assert {c["verdict"] for c in claims["claims"]} <= {"reproduced", "contradicted",
+                                                         "inconclusive"}
+    regime = json.loads((workdir / "regime.json").read_text())["rows"]
+    assert {r["row"] for r in regime} == {"Recon model 1", "Zero-filled"}
+    recon_rows = [r for r in regime if r["row"] == "Recon model 1"]
+    assert {r["paper_psnr"] for r in recon_rows} == {40.2, 38.9}
+    assert "| Recon model 1 |" in (workdir / "regime.md").read_text()
+
+
+def test_every_row_gets_the_same_final_dc(smoke_run):
+    # The recon row is its cached output after the one final DC, exactly as the methods'
+    # outputs are; without it the row would differ (the coil-wise DC is not idempotent).
+    workdir, _, _ = smoke_run
+    preset = invsharp.PRESETS["smoke"]
+    test = invsharp.load_acquisitions(None, preset, 0, splits=("test",))["test"]
+    with np.load(workdir / "recon1_outputs.npz") as f:
+        recon = f["test"]
+    per_slice = json.loads((workdir / "per_slice.json").read_text())["Recon model 1"]
+    with_dc = invsharp.image_metrics(invsharp.final_dc(recon, test, 4), test["target"])
+    without = invsharp.image_metrics(recon, test["target"])
+    np.testing.assert_allclose(per_slice["PSNR"], with_dc["PSNR"], rtol=1e-5)
+    assert np.max(np.abs(with_dc["PSNR"] - without["PSNR"])) > 1e-3
+    with pytest.raises(ValueError, match="final DC"):
+        invsharp.final_dc(recon, test, 4, kind="soft")
+
+
+def test_presets_use_one_orientation_and_a_true_4x_mask():
+    for name, preset in invsharp.PRESETS.items():
+        assert preset.orientations == ("axial",), name
+    # The cpu preset's 64 px slices: 15-16 of 64 columns (the plain equispaced mask with the
+    # centre on top keeps 20, i.e. 3.2x).
+    data = invsharp.load_acquisitions(None, invsharp.PRESETS["cpu"], 0, splits=("val",))
+    achieved = 1 / data["val"]["mask"].mean(axis=(1, 2))
+    assert np.all((achieved > 3.7) & (achieved < 4.3))
+    assert abs(achieved.mean() - 4.0) < 0.1
+
+
 def test_second_run_resumes_instead_of_retraining(smoke_run):
     workdir, argv, summary = smoke_run
     logs = {p: p.read_text() for p in workdir.glob("*/metrics.jsonl")}

@@ -20,6 +20,7 @@ from jaxmri.physics import masks
 from jaxmri.physics.masks import (
     as_numpy_generator,
     equispaced_column_mask,
+    equispaced_fraction_column_mask,
     gaussian_cartesian_mask,
     poisson_disc_mask,
     pseudo_radial_lines,
@@ -32,6 +33,8 @@ from jaxmri.physics.masks import (
 CASES = {
     "random_column": (random_column_mask, dict(center_fraction=0.08, acceleration=4)),
     "equispaced_column": (equispaced_column_mask, dict(center_fraction=0.08, acceleration=4)),
+    "equispaced_fraction": (equispaced_fraction_column_mask,
+                            dict(center_fraction=0.08, acceleration=4)),
     "gaussian_cartesian": (gaussian_cartesian_mask, dict(acceleration=4, center_lines=4)),
     "variable_density": (variable_density_random_mask, dict(acceleration=4)),
     "pseudo_radial": (pseudo_radial_mask, dict(sampling_rate=0.25)),
@@ -182,6 +185,32 @@ def test_equispaced_spacing_and_offsets(width, acc):
         offsets.add(matching[0])
         assert achieved == pytest.approx(width / len(cols))
     assert offsets == set(range(acc))  # offset drawn from [0, acc)
+
+
+@pytest.mark.parametrize("width, acc", [(64, 4), (96, 4), (320, 4), (368, 8), (50, 3)])
+def test_equispaced_fraction_is_a_true_acceleration(width, acc):
+    # fastMRI's EquispacedMaskFractionFunc: centre included, about W / acc columns are kept
+    # (the plain equispaced mask keeps the centre on top and is nearer W / acc + n_low).
+    cf = 0.08
+    centre = set(_fastmri_centre_columns(width, cf))
+    n_low = len(centre)
+    spacing = acc * (width - n_low) / (width - acc * n_low)
+    offsets = set()
+    for seed in range(200):
+        mask, achieved = equispaced_fraction_column_mask(
+            seed, (2, width), center_fraction=cf, acceleration=acc)
+        cols = set(np.flatnonzero(mask[0]).tolist())
+        assert centre <= cols
+        outer = sorted(cols - centre)
+        assert np.all(np.diff(outer) >= np.floor(spacing))  # stretched, not every acc-th
+        matching = [o for o in range(round(spacing))
+                    if cols == centre | set(np.round(np.arange(o, width - 1, spacing))
+                                            .astype(int).tolist())]
+        assert len(matching) == 1
+        offsets.add(matching[0])
+        assert abs(len(cols) - width / acc) <= n_low / 2 + 1
+        assert achieved == pytest.approx(width / len(cols))
+    assert offsets == set(range(round(spacing)))
 
 
 def test_equispaced_accepts_integral_float():
