@@ -79,7 +79,8 @@ def build_invsharp(preset, flags, workdir: Path) -> Method:
     """Recon model ``--recon-model`` + the five refinements of Table 2, after data consistency."""
     from experiments import invsharp
     from jaxmri.models import invsharp as isn
-    from jaxmri.physics import equispaced_column_mask
+    from jaxmri.physics import equispaced_fraction_column_mask
+    from jaxmri.physics.consistency import image_dc, projection_dc
 
     size, which = preset.image_size, int(flags.recon_model)
     recon = invsharp.recon_module(preset, which)
@@ -98,22 +99,28 @@ def build_invsharp(preset, flags, workdir: Path) -> Method:
     main = "InvSharpNet(back)"
     outputs = (main, recon_label, *[label for label, _, _ in invsharp.METHOD_RUNS
                                     if label != main])
-    mask_fn = functools.partial(equispaced_column_mask, center_fraction=preset.center_fraction,
+    mask_fn = functools.partial(equispaced_fraction_column_mask,
+                                center_fraction=preset.center_fraction,
                                 acceleration=preset.acceleration)
+    # The experiment's tables apply one final DC to every row (``--final-dc``); so does predict.
+    final_dc = image_dc if getattr(flags, "final_dc", "coil") == "coil" else projection_dc
 
     def apply(variables, b):
         blurry = recon.apply(variables["recon"], b["zero_filled"], b["kspace"],
                              b["mask"][:, None], b["maps"])
-        out = {recon_label: jnp.abs(blurry)}
+
+        def consistent(image):
+            return jnp.abs(final_dc(image, b["kspace"], b["mask"][:, None], maps=b["maps"]))
+
+        out = {recon_label: consistent(blurry)}
         for label, network in networks.items():
-            out[label] = jnp.abs(isn.sharpen_with_dc(network, variables[label], blurry,
-                                                     b["kspace"], b["mask"], b["maps"]))
+            out[label] = consistent(isn.sharpen(network, variables[label], blurry))
         return out
 
     def acquire_image(images, ids):
         acq = simulate_acquisition(images, mask_fn=mask_fn, seed=_image_seed(flags),
                                    slice_index=ids, num_coils=preset.num_coils,
-                                   snr_db=preset.snr_db)
+                                   snr_db=preset.snr_db, coil_radius=preset.coil_radius)
         return {k: acq[k] for k in ("kspace", "mask", "maps", "zero_filled")}
 
     def acquire_kspace(kspace, mask, ids):
