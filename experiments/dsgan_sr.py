@@ -24,8 +24,10 @@ augmentation, pixel shuffle x2):
   L1 GAN loss stayed at 0.996 after 300 steps at 2e-4 and fell to 0.87 at 1e-3, so at 2e-4 a
   500-step run would end before the discriminator learns anything. The schedule keeps the
   paper's periods (weights updated every 200 iterations, learning rate / 10 every 750).
-* GB: Gaussian blur sigma 1.5 then x2 decimation. ZF: k-space zero-filling of the outer 75 %
-  with a Fermi window. DSN: a non-linear strided CNN trained pixel-wise (L1) from each HR slice
+* GB: Gaussian blur then x2 decimation, with the sigma of ``GB_SIGMAS`` whose blurred-downsampled
+  training HR best matches the training scanner LR (the paper's rule, which gave 1.5 on its
+  scanner; :func:`~jaxmri.physics.lowres.select_gaussian_sigma`). ZF: k-space zero-filling of
+  the outer 75 % with a Fermi window. DSN: a non-linear strided CNN trained pixel-wise (L1) from each HR slice
   to its misregistered scanner-LR slice (the blind baseline of section 2.C.3).
 * Bicubic: bicubic x2 upsampling of the test LR.
 
@@ -39,7 +41,7 @@ clipped to [0, 1] first.
 
 Outputs in the workdir: ``table2.md/.json`` (Bicubic, ZF, GB, DSGAN + EDSR), ``table3.md/.json``
 (DSN vs DSGAN), ``kernel_error.md/.json`` (relative L2 error of the DSGAN kernel and of the
-sigma 1.5 Gaussian against the true scanner kernel; MSCN-histogram distances of DSGAN/GB/ZF LR
+selected GB Gaussian against the true scanner kernel; MSCN-histogram distances of DSGAN/GB/ZF LR
 to real LR), ``fig4_outputs.png``, ``fig5_mscn.png``, ``fig6_profiles.png``, ``kernels.png``;
 one subfolder per trained network (``dsgan/``, ``dsn/``, ``edsr_<pairs>/``), so an interrupted
 run resumes where it stopped and finished stages are not retrained.
@@ -69,6 +71,7 @@ from jaxmri.physics.lowres import (
     gaussian_kernel,
     kspace_lowres,
     scanner_kernel,
+    select_gaussian_sigma,
     scanner_lowres,
 )
 from jaxmri.train import (
@@ -84,6 +87,11 @@ from jaxmri.train.figures import save_line_profile, save_panel
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 PAIRS = ("ZF", "GB", "DSN", "DSGAN")
+# Candidate widths of the GB baseline, HR pixels (1.5, the paper's pick, included).
+GB_SIGMAS = tuple(round(0.5 + 0.1 * i, 1) for i in range(21))
+# Paper 001 section 2.C.3: the MSCN analysis uses a 7x7 Gaussian window of standard deviation
+# 1 pixel (BRISQUE itself keeps its 7/6, in jaxmri.metrics.brisque).
+MSCN_SIGMA = 1.0
 METRICS = ("SSIM", "PSNR", "NR score")
 PRECISION = {"SSIM": 4, "PSNR": 2, "NR score": 1}
 # One step function for every L1 training, so that fit's cache of compiled steps is shared.
@@ -115,6 +123,11 @@ class Preset:
     edsr_batch: int
     edsr_steps: int
     edsr_learning_rate: float
+    # One orientation per split (jaxmri.data.slicing: orientations intersect, so a position
+    # split over several leaks test voxels into training); coronal has the most slices, and a
+    # larger test fraction keeps about as many test slices as three orientations gave.
+    orientation: str = "coronal"
+    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
 
 
 PRESETS = {
@@ -259,13 +272,13 @@ def apply_net(module, variables, images: np.ndarray, batch_size: int = 8) -> np.
     return np.asarray(map_batches(fn, {"x": images}, batch_size=min(batch_size, len(images))))
 
 
-def make_pairs(train: dict, kernel_hat: np.ndarray, preset: Preset, workdir: Path,
-               args) -> dict[str, np.ndarray]:
+def make_pairs(train: dict, kernel_hat: np.ndarray, gb_sigma: float, preset: Preset,
+               workdir: Path, args) -> dict[str, np.ndarray]:
     """LR training images for every pair construction (the HR side is ``train['hr']``)."""
     hr = jnp.asarray(train["hr"])
     pairs = {
         "ZF": np.asarray(jax.jit(kspace_lowres)(hr)),
-        "GB": np.asarray(jax.jit(downsample_with_kernel)(hr, gaussian_kernel(sigma=1.5))),
+        "GB": np.asarray(jax.jit(downsample_with_kernel)(hr, gaussian_kernel(sigma=gb_sigma))),
         "DSGAN": np.asarray(jax.jit(downsample_with_kernel)(hr, kernel_hat)),
     }
     dsn = dsgan.DownsamplingNet(features=preset.dsn_features, num_layers=preset.dsn_layers)
@@ -303,8 +316,13 @@ def relative_kernel_error(estimate: np.ndarray, truth: np.ndarray) -> float:
 
 
 def mscn_histogram(images: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """Normalised histogram of the MSCN coefficients of ``(N, H, W)`` images in [0, 1]."""
-    coeffs = np.asarray(mscn_coefficients(255.0 * np.asarray(images, np.float32)))
+    """Normalised histogram of the MSCN coefficients of ``(N, H, W)`` images in [0, 1].
+
+    MSCN as in paper 001's Fig. 5 analysis: 7x7 Gaussian window of standard deviation
+    ``MSCN_SIGMA`` = 1 pixel, ``C = 1`` on the 0..255 scale.
+    """
+    coeffs = np.asarray(mscn_coefficients(255.0 * np.asarray(images, np.float32),
+                                          sigma=MSCN_SIGMA))
     hist, _ = np.histogram(coeffs.ravel(), bins=bins, density=True)
     return hist
 
@@ -354,7 +372,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     print(f"DSGAN + EDSR experiment, preset {setup.preset_name}, workdir {workdir}")
     with exit_on_training_stop():
-        slices = {s: load_slices(args.data, image_size=preset.image_size, split=s)["image"]
+        slices = {s: load_slices(args.data, image_size=preset.image_size, split=s,
+                                 orientations=(preset.orientation,),
+                                 fractions=preset.split_fractions)["image"]
                   for s in SPLIT_SEEDS}
         train = scanner_data(_subset(slices["train"], preset.num_train), preset,
                              SPLIT_SEEDS["train"])
@@ -367,7 +387,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         stage("stage 1: downsampling GAN")
         kernel_hat = train_dsgan(train, preset, workdir / "dsgan", args)
         stage("stage 2: LR/HR pair sets (ZF, GB, DSN, DSGAN)")
-        pairs = make_pairs(train, kernel_hat, preset, workdir, args)
+        gb_sigma, gb_errors = select_gaussian_sigma(train["hr"], train["lr"], GB_SIGMAS)
+        print(f"GB sigma {gb_sigma} (best match of the blurred-downsampled HR to the real LR "
+              f"on the training pairs, {10 * np.log10(1 / gb_errors.min()):.1f} dB; sigma 1.5, "
+              f"the paper's scanner's: {10 * np.log10(1 / gb_errors[GB_SIGMAS.index(1.5)]):.1f}"
+              " dB)")
+        pairs = make_pairs(train, kernel_hat, gb_sigma, preset, workdir, args)
 
         stage("stage 3: EDSR per pair set")
         outputs = {"Bicubic": np.asarray(bicubic_resize(jnp.asarray(test["lr"]),
@@ -404,8 +429,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         kernel_rows = {
             "DSGAN kernel": {"rel. kernel error": relative_kernel_error(kernel_hat, truth),
                              "MSCN hist. L1 to real LR": hist_distance("DSGAN LR")},
-            "Gaussian sigma 1.5": {
-                "rel. kernel error": relative_kernel_error(gaussian_kernel(sigma=1.5), truth),
+            f"Gaussian sigma {gb_sigma}": {
+                "rel. kernel error": relative_kernel_error(gaussian_kernel(sigma=gb_sigma), truth),
                 "MSCN hist. L1 to real LR": hist_distance("GB LR")},
         }
         kernel_summary = summarise({row: {m: np.array([v]) for m, v in vals.items()}
@@ -416,8 +441,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         stage("figures")
         save_mscn_figure(workdir / "fig5_mscn.png", hists, bins)
-        save_panel(workdir / "kernels.png", {"true": truth, "DSGAN": kernel_hat,
-                                             "Gaussian 1.5": gaussian_kernel(sigma=1.5)},
+        save_panel(workdir / "kernels.png",
+                   {"true": truth, "DSGAN": kernel_hat,
+                    f"Gaussian {gb_sigma}": gaussian_kernel(sigma=gb_sigma)},
                    target_key="true")
         i = 0
         save_panel(workdir / "fig4_outputs.png",
