@@ -27,8 +27,8 @@ augmentation, pixel shuffle x2):
 * GB: Gaussian blur then x2 decimation, with the sigma of ``GB_SIGMAS`` whose blurred-downsampled
   training HR best matches the training scanner LR (the paper's rule, which gave 1.5 on its
   scanner; :func:`~jaxmri.physics.lowres.select_gaussian_sigma`). ZF: k-space zero-filling of
-  the outer 75 % with a Fermi window. DSN: a non-linear strided CNN trained pixel-wise (L1) from each HR slice
-  to its misregistered scanner-LR slice (the blind baseline of section 2.C.3).
+  the outer 75 % with a Fermi window. DSN: a non-linear strided CNN trained pixel-wise (L1)
+  from each HR slice to its misregistered scanner-LR slice (the blind baseline of section 2.C.3).
 * Bicubic: bicubic x2 upsampling of the test LR.
 
 Evaluation on held-out test slices: each method super-resolves the scanner LR; SSIM and PSNR

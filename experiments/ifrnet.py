@@ -19,10 +19,11 @@ Real-valued pipeline (the paper's amplitude-image experiments, Tables IV and V),
 
 Methods: zero-filling; IFR-CS (non-learned, its threshold, rho and V hand-set by a grid search
 on the validation split, as the paper hand-tunes all its parameters); ADMM-Net; IFR-Net; D5-C5
-(5 cascades x 5 convs); U-Net on the zero-filled image. Every learned method minimises the normalised error of eq. 12
-with Adam (the paper uses SGD with momentum on batch 1; Adam is our deviation, for short CPU
-schedules). Masks: pseudo-radial at the Table IV rates; 1-D random (Gaussian variable density
-columns), 2-D random (variable density) and pseudo-radial at 25 % (Table V).
+(5 cascades x 5 convs); U-Net on the zero-filled image. Every learned method minimises the
+normalised error of eq. 12 with Adam (the paper uses SGD with momentum on batch 1; Adam is our
+deviation, for short CPU schedules). Masks: pseudo-radial at the Table IV rates; 1-D random
+(Gaussian variable density columns), 2-D random (variable density) and pseudo-radial at 25 %
+(Table V).
 
 Outputs in the workdir: ``table_iv.md/.json`` and ``table_v.md/.json`` (one block per mask),
 per-mask tables ``table_<mask>.md/.json``, ``fig7_<mask>.png`` (reconstructions and error

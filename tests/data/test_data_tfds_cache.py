@@ -11,7 +11,7 @@ from jaxmri.data import tfds_cache
 from jaxmri.data.fastmri import write_fastmri_h5
 from jaxmri.data.sources import load_slices
 
-OPTIONS = dict(orientations=("axial", "coronal"), guard=2)
+OPTIONS = dict(orientations=("axial",), guard=2)
 
 
 @pytest.fixture
