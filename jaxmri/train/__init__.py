@@ -7,6 +7,8 @@
   method's pure ``train_step`` is in that module's docstring.
 * :mod:`jaxmri.train.batching`: training batches as a function of the step, chunked inference.
 * :mod:`jaxmri.train.report`: mean ± sd tables as markdown and JSON.
+* :mod:`jaxmri.train.claims`: a paper's claims judged on paired per-slice metrics (Wilcoxon,
+  bootstrap interval, verdict), the regime table of its baselines, repeats over seeds.
 * :mod:`jaxmri.train.figures`: PNG panels (images, error maps, zooms, k-space) and line profiles.
 * :mod:`jaxmri.train.cli`: the argparse command line shared by every experiment.
 * :mod:`jaxmri.train.distributed`: joining a multi-process run.
@@ -15,6 +17,22 @@ This package never imports :mod:`jaxmri.models` or :mod:`jaxmri.data`.
 """
 
 from jaxmri.train.batching import map_batches, random_batches
+from jaxmri.train.claims import (
+    Claim,
+    ClaimResult,
+    PairedComparison,
+    RegimeRow,
+    judge_claims,
+    paired_comparison,
+    regime_table,
+    report_claims,
+    run_over_seeds,
+    setting_rows,
+    verdict,
+    within_regime,
+    write_claims,
+    write_regime,
+)
 from jaxmri.train.loop import (
     AXIS_NAME,
     NonFiniteLossError,
@@ -28,11 +46,34 @@ from jaxmri.train.loop import (
     shard_batch,
     unreplicate,
 )
-from jaxmri.train.report import folder_name, markdown_table, summarise, write_results
+from jaxmri.train.report import (
+    folder_name,
+    markdown_table,
+    read_per_slice,
+    summarise,
+    write_per_slice,
+    write_results,
+)
 from jaxmri.train.state import TrainState, create_train_state
 
 __all__ = [
     "AXIS_NAME",
+    "Claim",
+    "ClaimResult",
+    "PairedComparison",
+    "RegimeRow",
+    "judge_claims",
+    "paired_comparison",
+    "read_per_slice",
+    "regime_table",
+    "report_claims",
+    "run_over_seeds",
+    "setting_rows",
+    "verdict",
+    "within_regime",
+    "write_claims",
+    "write_per_slice",
+    "write_regime",
     "NonFiniteLossError",
     "ReplicaDivergenceError",
     "TrainState",

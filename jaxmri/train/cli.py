@@ -21,17 +21,19 @@ import argparse
 import contextlib
 import dataclasses
 import inspect
+import os
 import sys
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from jaxmri.train import distributed
+from jaxmri.train.claims import run_over_seeds
 from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_summary",
-           "exit_on_training_stop"]
+           "exit_on_training_stop", "argv_for_seed", "repeat_over_seeds"]
 
 
 @contextlib.contextmanager
@@ -103,6 +105,18 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers >= 0 such as 0,1,2, got {text!r}") from None
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct comma-separated integers >= 0 such as 0,1,2, got {text!r}")
+    return seeds
 
 
 def _coordinator(text: str) -> str:
@@ -194,6 +208,14 @@ def experiment_parser(
         help="seed of model initialisation, data simulation and training noise (default: 0)",
     )
     parser.add_argument(
+        "--seeds",
+        metavar="N,N,...",
+        type=_seed_list,
+        default=None,
+        help="run the whole preset once per seed, in <workdir>/seed<k>/, then write "
+        "claims_over_seeds.md (in how many seeds each paper claim holds); replaces --seed",
+    )
+    parser.add_argument(
         "--resume",
         action="store_const",
         const=True,
@@ -258,3 +280,47 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
     return ExperimentSetup(
         preset_name=args.preset, preset=args._presets[args.preset], workdir=workdir
     )
+
+
+def _without_flags(argv: Sequence[str], flags: tuple[str, ...]) -> list[str]:
+    """``argv`` without ``--flag value`` and ``--flag=value`` for each of ``flags``."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in flags:
+            skip = True
+        elif not any(token.startswith(flag + "=") for flag in flags):
+            out.append(token)
+    return out
+
+
+def argv_for_seed(argv: Sequence[str], seed: int, workdir: str | os.PathLike) -> list[str]:
+    """The command line of one seed of a ``--seeds`` run: ``argv`` without ``--seeds``,
+    ``--seed`` and ``--workdir``, then ``--seed <seed> --workdir <workdir>``."""
+    rest = _without_flags(list(argv), ("--seeds", "--seed", "--workdir"))
+    return [*rest, "--seed", str(seed), "--workdir", str(workdir)]
+
+
+def repeat_over_seeds(main: Callable[[list[str]], object], argv: Sequence[str] | None,
+                      args: argparse.Namespace) -> dict:
+    """Run an experiment's ``main`` once per seed of ``args.seeds`` and aggregate its claims.
+
+    Call it right after parsing, before :func:`setup_from_args`::
+
+        args = parser.parse_args(argv)
+        if args.seeds is not None:
+            return repeat_over_seeds(main, argv, args)
+
+    Each seed runs ``main(argv_for_seed(argv, seed, <workdir>/seed<seed>))`` in this process;
+    see :func:`jaxmri.train.claims.run_over_seeds` for what is written. ``argv`` ``None`` means
+    ``sys.argv[1:]``. Multi-process runs are refused (each seed would join the run again).
+    """
+    if args.coordinator is not None or args.num_processes > 1:
+        raise ValueError("--seeds runs the seeds one after another in one process; it cannot be "
+                         "combined with --coordinator/--num-processes (run one --seed per job)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    workdir = args.workdir if args.workdir is not None else (
+        Path("runs") / args.experiment / args.preset)
+    return run_over_seeds(lambda seed, folder: main(argv_for_seed(argv, seed, folder)),
+                          args.seeds, workdir)

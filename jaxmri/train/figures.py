@@ -1,14 +1,24 @@
 """PNG figure panels for a person to look at: images, error maps, zooms, k-space, line profiles.
 
-Images are 2-D ``(H, W)`` arrays, real or complex; the panels show magnitudes. All images of a
-panel share one grey scale ``[0, max |target|]``; error maps show ``| |x| - |target| |`` on a
-shared scale ``[0, max |target| / error_scale]`` (``error_scale=5`` magnifies errors five
-times). k-space rows show ``log(1 + |fft2c(x)|)`` with the centred, orthonormal FFT of the
-image as given (complex images keep their phase).
+Images are 2-D ``(H, W)`` arrays, real or complex; the panels show magnitudes, pixel for pixel
+(nearest-neighbour display, no smoothing). A panel (:func:`save_panel`) is a grid with one column
+per image and these rows:
+
+* **images**: one grey scale ``[0, max |target|]`` for all columns;
+* **error maps** ``| |x| - |target| |``: ONE colour scale ``[0, e]`` for every method, with a
+  colour bar, ``e`` = the largest 99.5th percentile of the methods' errors (so that a few
+  outlier pixels do not wash the maps out), or ``max |target| / error_scale`` when
+  ``error_scale`` is given;
+* **zooms** (optional): the ``zoom_box`` of every image enlarged by pixel repetition
+  (nearest neighbour) to about the size of the full image; the box is outlined in the images;
+* **k-space** (optional): ``log10 |fft2c(x)|`` with a floor of ``max * kspace_floor`` (default
+  1e-6, i.e. 120 dB shown) on one scale for all columns, with a colour bar; ``fft2c`` is the
+  centred orthonormal FFT of the image as given (complex images keep their phase).
 
 Figures are built as ``matplotlib.figure.Figure`` on an Agg canvas: no display, and pyplot's
 global state and the user's chosen backend are left alone. Each function returns the arrays it
-drew (read back from the figure) so that callers and tests can check what is on the page.
+drew and the colour limits of each drawn artist (read back from the figure) so that callers and
+tests can check what is on the page.
 """
 
 from __future__ import annotations
@@ -21,7 +31,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-__all__ = ["error_map", "log_kspace", "save_panel", "save_line_profile"]
+__all__ = [
+    "error_map",
+    "log_kspace",
+    "enlarge_nearest",
+    "structure_box",
+    "save_panel",
+    "save_line_profile",
+]
+
+ERROR_PERCENTILE = 99.5
 
 
 def error_map(image: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -29,10 +48,55 @@ def error_map(image: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.abs(np.abs(image) - np.abs(target)).astype(np.float32)
 
 
-def log_kspace(image: np.ndarray) -> np.ndarray:
-    """``log(1 + |fft2c(image)|)``, centred orthonormal 2-D FFT, float32 ``(H, W)``."""
-    kspace = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image), norm="ortho"))
-    return np.log1p(np.abs(kspace)).astype(np.float32)
+def _kspace_magnitude(image: np.ndarray) -> np.ndarray:
+    return np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image), norm="ortho")))
+
+
+def log_kspace(image: np.ndarray, *, floor: float = 1e-6,
+               reference: float | None = None) -> np.ndarray:
+    """``log10(max(|fft2c(image)|, floor * reference))`` as float32 ``(H, W)``.
+
+    ``fft2c`` is the centred orthonormal 2-D FFT. ``reference`` is the magnitude the floor is
+    relative to; default the image's own k-space maximum (pass a common one to put several images
+    on one scale). Without a floor the empty k-space of a masked acquisition is ``-inf`` and the
+    few central samples take the whole grey scale.
+    """
+    if not 0.0 < floor < 1.0:
+        raise ValueError(f"floor must be in (0, 1), got {floor}")
+    magnitude = _kspace_magnitude(image)
+    reference = float(np.max(magnitude)) if reference is None else float(reference)
+    lowest = floor * reference if reference > 0 else np.finfo(np.float32).tiny
+    return np.log10(np.maximum(magnitude, lowest)).astype(np.float32)
+
+
+def enlarge_nearest(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of ``(h, w)`` to ``(h * factor, w * factor)`` (each pixel
+    becomes a ``factor x factor`` block)."""
+    if isinstance(factor, bool) or int(factor) != factor or factor < 1:
+        raise ValueError(f"factor must be an integer >= 1, got {factor!r}")
+    return np.repeat(np.repeat(np.asarray(image), int(factor), axis=0), int(factor), axis=1)
+
+
+def structure_box(target: np.ndarray, *, fraction: float = 0.25) -> tuple[int, int, int, int]:
+    """``(y0, x0, h, w)`` of the square box, ``fraction`` of the image side, with the most edge
+    energy (sum of absolute finite differences of ``|target|``, ``(H, W)``): where sharpness
+    and artefacts show."""
+    magnitude = np.abs(np.asarray(target, np.float64))
+    if magnitude.ndim != 2:
+        raise ValueError(f"target must be a 2-D (H, W) array, got shape {magnitude.shape}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    height, width = magnitude.shape
+    side = max(2, round(fraction * min(height, width)))
+    edges = np.zeros_like(magnitude)
+    edges[:-1, :] += np.abs(np.diff(magnitude, axis=0))
+    edges[:, :-1] += np.abs(np.diff(magnitude, axis=1))
+    # Box sums of every side x side window from a summed-area table.
+    table = np.pad(edges.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = (table[side:, side:] - table[:-side, side:] - table[side:, :-side]
+            + table[:-side, :-side])
+    y0, x0 = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(y0), int(x0), side, side
 
 
 def _check_images(images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -57,6 +121,14 @@ def _check_box(zoom_box, shape) -> tuple[int, int, int, int]:
     return y0, x0, h, w
 
 
+_ROW_TITLES = {
+    "images": "image",
+    "errors": "|error| vs {target}",
+    "zooms": "zoom x{factor} (nearest)",
+    "kspace": "log10 |k-space|",
+}
+
+
 def save_panel(
     path: str | os.PathLike,
     images: Mapping[str, np.ndarray],
@@ -64,10 +136,12 @@ def save_panel(
     target_key: str | None = None,
     zoom_box: tuple[int, int, int, int] | None = None,
     kspace: bool = False,
-    error_scale: float = 1.0,
-    panel_inches: float = 2.0,
+    error_scale: float | None = None,
+    kspace_floor: float = 1e-6,
+    title: str | None = None,
+    panel_inches: float = 3.0,
     dpi: int = 100,
-) -> dict[str, dict[str, np.ndarray]]:
+) -> dict[str, dict]:
     """Save a grid: a column per image; rows images, error maps, [zooms], [k-space].
 
     Args:
@@ -75,64 +149,100 @@ def save_panel(
       images: ``{label: (H, W) array}`` in column order, e.g. input, outputs, target.
       target_key: the reference image; default ``'target'`` if present, else the last entry.
         Its error-map cell stays empty.
-      zoom_box: ``(y0, x0, h, w)``: outlined on the images and shown enlarged in an extra row.
-      kspace: add a row of k-space log-magnitudes.
-      error_scale: error maps use grey scale ``[0, max|target| / error_scale]``.
+      zoom_box: ``(y0, x0, h, w)``: outlined on the images and shown enlarged in an extra row
+        (e.g. from :func:`structure_box`).
+      kspace: add a row of k-space log magnitudes (floor ``kspace_floor`` x the largest).
+      error_scale: ``None`` (default): error maps share ``[0, largest 99.5th percentile of the
+        errors]``; a number ``s``: they share ``[0, max|target| / s]``.
+      title: a heading above the grid (say what the panel shows: data, setting, slice).
       panel_inches, dpi: each cell is ``panel_inches`` square; the PNG measures
         ``(rows * panel_inches * dpi, columns * panel_inches * dpi)`` pixels.
 
     Returns:
-      The arrays drawn, read back from the figure: ``{'images': ..., 'errors': ...,
-      'zooms': ..., 'kspace': ...}``, each ``{label: array}`` (absent rows give empty dicts).
+      ``{'images': ..., 'errors': ..., 'zooms': ..., 'kspace': ...}``, each ``{label: array
+      drawn}`` (absent rows give empty dicts), and ``'clims'``: ``{row: {label: (vmin, vmax)}}``
+      read back from the drawn artists.
     """
     arrays = _check_images(images)
     if target_key is None:
         target_key = "target" if "target" in arrays else list(arrays)[-1]
     if target_key not in arrays:
         raise ValueError(f"target_key {target_key!r} is not one of the images {list(arrays)}")
-    if not error_scale > 0:
+    if error_scale is not None and not error_scale > 0:
         raise ValueError(f"error_scale must be > 0, got {error_scale}")
     box = _check_box(zoom_box, arrays[target_key].shape) if zoom_box is not None else None
 
     target = arrays[target_key]
     vmax = float(np.max(np.abs(target))) or 1.0
+    errors = {label: error_map(image, target) for label, image in arrays.items()
+              if label != target_key}
+    if error_scale is not None:
+        error_vmax = vmax / error_scale
+    else:
+        error_vmax = max((float(np.percentile(e, ERROR_PERCENTILE)) for e in errors.values()),
+                         default=0.0) or vmax
+    factor = 1
+    if box:
+        factor = max(1, min(target.shape[0] // box[2], target.shape[1] // box[3]))
+    if kspace:
+        k_reference = max(float(np.max(_kspace_magnitude(x))) for x in arrays.values()) or 1.0
+        k_limits = (float(np.log10(kspace_floor * k_reference)), float(np.log10(k_reference)))
+
     rows = ["images", "errors"] + (["zooms"] if box else []) + (["kspace"] if kspace else [])
-    fig = Figure(figsize=(len(arrays) * panel_inches, len(rows) * panel_inches), dpi=dpi)
+    height = len(rows) * panel_inches
+    fig = Figure(figsize=(len(arrays) * panel_inches, height), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
+    if title:
+        fig.suptitle(title, fontsize=10)
     axes = fig.subplots(len(rows), len(arrays), squeeze=False)
-    drawn: dict[str, dict[str, np.ndarray]] = {
-        row: {} for row in ("images", "errors", "zooms", "kspace")
-    }
+    drawn: dict[str, dict] = {row: {} for row in ("images", "errors", "zooms", "kspace")}
+    drawn["clims"] = {row: {} for row in ("images", "errors", "zooms", "kspace")}
+    mappables = {}
+
+    def show(ax, row, label, array, **kwargs):
+        im = ax.imshow(array, interpolation="nearest", **kwargs)
+        drawn[row][label] = np.asarray(im.get_array())
+        drawn["clims"][row][label] = tuple(float(v) for v in im.get_clim())
+        mappables[row] = im
+        return im
+
     for col, (label, image) in enumerate(arrays.items()):
         cells = dict(zip(rows, axes[:, col], strict=True))
         for ax in axes[:, col]:
-            ax.set_axis_off()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
         magnitude = np.abs(image).astype(np.float32)
-        im = cells["images"].imshow(magnitude, cmap="gray", vmin=0.0, vmax=vmax)
-        cells["images"].set_title(label, fontsize=8)
-        drawn["images"][label] = np.asarray(im.get_array())
+        show(cells["images"], "images", label, magnitude, cmap="gray", vmin=0.0, vmax=vmax)
+        cells["images"].set_title(label, fontsize=9)
         if label != target_key:
-            im = cells["errors"].imshow(
-                error_map(image, target), cmap="inferno", vmin=0.0, vmax=vmax / error_scale
-            )
-            title = "|error|" if error_scale == 1 else f"|error| x{error_scale:g}"
-            cells["errors"].set_title(title, fontsize=8)
-            drawn["errors"][label] = np.asarray(im.get_array())
+            show(cells["errors"], "errors", label, errors[label], cmap="inferno", vmin=0.0,
+                 vmax=error_vmax)
         if box:
             y0, x0, h, w = box
             cells["images"].add_patch(
                 Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False, edgecolor="yellow", lw=1)
             )
-            im = cells["zooms"].imshow(
-                magnitude[y0 : y0 + h, x0 : x0 + w], cmap="gray", vmin=0.0, vmax=vmax
-            )
-            cells["zooms"].set_title("zoom", fontsize=8)
-            drawn["zooms"][label] = np.asarray(im.get_array())
+            show(cells["zooms"], "zooms", label,
+                 enlarge_nearest(magnitude[y0 : y0 + h, x0 : x0 + w], factor),
+                 cmap="gray", vmin=0.0, vmax=vmax)
         if kspace:
-            im = cells["kspace"].imshow(log_kspace(image), cmap="gray")
-            cells["kspace"].set_title("log |k-space|", fontsize=8)
-            drawn["kspace"][label] = np.asarray(im.get_array())
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93, wspace=0.05, hspace=0.15)
+            show(cells["kspace"], "kspace", label,
+                 log_kspace(image, floor=kspace_floor, reference=k_reference),
+                 cmap="gray", vmin=k_limits[0], vmax=k_limits[1])
+    # Row names on the first column's y axis, so every row says what it shows.
+    names = {row: _ROW_TITLES[row].format(target=target_key, factor=factor) for row in rows}
+    for row, ax in zip(rows, axes[:, 0], strict=True):
+        ax.set_ylabel(names[row], fontsize=9)
+    if "errors" in mappables:
+        bar = fig.colorbar(mappables["errors"], ax=list(axes[rows.index("errors")]),
+                           shrink=0.9, pad=0.01)
+        bar.set_label("|error| (one scale for all)", fontsize=8)
+    if "kspace" in mappables:
+        bar = fig.colorbar(mappables["kspace"], ax=list(axes[rows.index("kspace")]),
+                           shrink=0.9, pad=0.01)
+        bar.set_label(f"log10 |k| (floor {kspace_floor:g} x max)", fontsize=8)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
     return drawn
@@ -143,7 +253,8 @@ def save_line_profile(
     images: Mapping[str, np.ndarray],
     row: int,
     *,
-    inches: tuple[float, float] = (6.0, 3.0),
+    title: str | None = None,
+    inches: tuple[float, float] = (8.0, 4.0),
     dpi: int = 100,
 ) -> dict[str, np.ndarray]:
     """Plot ``|image[row, :]|`` of every image on one axis; return the profiles drawn."""
@@ -158,10 +269,10 @@ def save_line_profile(
     for label, image in arrays.items():
         (line,) = ax.plot(np.abs(image[row, :]), label=label, lw=1)
         drawn[label] = np.asarray(line.get_ydata())
-    ax.set_xlabel("column")
+    ax.set_xlabel("column (pixel)")
     ax.set_ylabel("magnitude")
-    ax.set_title(f"row {row}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(title or f"intensity profile along row {row}", fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")

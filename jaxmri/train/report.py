@@ -16,7 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["summarise", "markdown_table", "write_results", "folder_name"]
+__all__ = [
+    "summarise",
+    "markdown_table",
+    "write_results",
+    "folder_name",
+    "markdown_grid",
+    "write_table",
+    "write_per_slice",
+    "read_per_slice",
+]
 
 Summary = dict[str, dict[str, dict[str, float | int]]]
 
@@ -96,6 +105,73 @@ def markdown_table(
                 cells.append("–")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def markdown_grid(
+    columns: Sequence[str], rows: Sequence[Sequence[object]], *, title: str | None = None
+) -> str:
+    """A markdown table of already formatted cells: a header of ``columns``, one line per row.
+
+    ``|`` inside a cell is escaped so that a cell cannot split the row. Raises ``ValueError``
+    for a row whose length differs from ``columns``.
+    """
+    if not columns:
+        raise ValueError("columns must name at least one column")
+    lines = [f"### {title}", ""] if title else []
+
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    lines += [line(columns), "|" + "---|" * len(columns)]
+    for number, row in enumerate(rows):
+        if len(row) != len(columns):
+            raise ValueError(f"row {number} has {len(row)} cells, expected {len(columns)}")
+        lines.append(line(row))
+    return "\n".join(lines) + "\n"
+
+
+def write_table(
+    markdown: str, payload: object, workdir: str | os.PathLike, name: str
+) -> tuple[Path, Path]:
+    """Write ``<workdir>/<name>.md`` (``markdown``) and ``<workdir>/<name>.json`` (``payload``,
+    JSON-serialisable), print the markdown, return both paths."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    md_path, json_path = workdir / f"{name}.md", workdir / f"{name}.json"
+    md_path.write_text(markdown)
+    json_path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    print(markdown)
+    return md_path, json_path
+
+
+def write_per_slice(
+    per_slice: Mapping[str, Mapping[str, np.ndarray]],
+    workdir: str | os.PathLike,
+    name: str = "per_slice",
+) -> Path:
+    """Write the per-slice values ``{method: {metric: [float, ...]}}`` to ``<workdir>/<name>.json``.
+
+    Values are written as float64 (a float32 input round-trips exactly), so any statistic can be
+    recomputed from the file. Raises ``ValueError`` as :func:`summarise` does for bad arrays.
+    """
+    summarise(per_slice)  # the same checks: non-empty, 1-D, finite
+    payload = {
+        str(method): {str(metric): np.asarray(values, np.float64).tolist()
+                      for metric, values in metrics.items()}
+        for method, metrics in per_slice.items()
+    }
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_per_slice(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+    """Read a file of :func:`write_per_slice` back as float64 arrays."""
+    data = json.loads(Path(path).read_text())
+    return {method: {metric: np.asarray(values, np.float64) for metric, values in metrics.items()}
+            for method, metrics in data.items()}
 
 
 def _plain(value):

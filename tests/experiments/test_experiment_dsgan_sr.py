@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import dsgan_sr as exp
+from _claims_helpers import assert_claims_recompute
 
 
 def test_relative_kernel_error():
@@ -55,3 +56,21 @@ def test_mscn_histogram_uses_the_papers_one_pixel_window():
     np.testing.assert_allclose(exp.mscn_histogram(images, bins), hist(1.0), atol=1e-6)
     assert np.abs(hist(1.0) - hist(7 / 6)).max() > 1e-3
 
+
+def test_paper_claims_and_regime_rows():
+    claims = exp.paper_claims()
+    # DSGAN + EDSR above each of four rows, on PSNR and on SSIM.
+    assert [(c.baseline, c.metric) for c in claims] == [
+        (b, m) for b in ("GB + EDSR", "ZF + EDSR", "Bicubic", "DSN + EDSR")
+        for m in ("PSNR", "SSIM")]
+    assert all(c.method == "DSGAN + EDSR" and c.direction == "higher" for c in claims)
+    assert claims[0].paper.startswith("22.3 vs 19.5 dB (+2.8); Table 2")
+    rows = {r.row: (r.paper_psnr, r.paper_ssim) for r in exp.regime_rows()}
+    assert rows["Bicubic"] == (22.2, 0.605) and rows["ZF + EDSR"] == (22.2, 0.601)
+
+
+@pytest.mark.slow
+def test_smoke_run_claims_equal_statistics_of_its_per_slice_json(tmp_path):
+    out = exp.main(["--preset", "smoke", "--workdir", str(tmp_path)])
+    files = assert_claims_recompute(tmp_path, exp.paper_claims(), exp.regime_rows())
+    assert out["claims"] == files["claims"]["claims"]

@@ -7,6 +7,7 @@ import pytest
 
 from experiments import joint_recsr as exp
 from jaxmri.data import acquire_slices, load_slices
+from _claims_helpers import assert_claims_recompute
 
 
 def _fft2c(x):
@@ -108,3 +109,25 @@ def test_bicubic_baseline_upsamples_on_the_kspace_crop_grid():
     ours = score(exp._upsample(lr))
     half_pixel = score(jax.image.resize(lr, (4, 64, 64), "bicubic"))
     assert ours > half_pixel + 2.0
+
+
+def test_paper_claims_and_regime_rows():
+    rows = {"gauss1d": ["SR", "Proposed", "CG-SENSE+bicubic"]}
+    claims = exp.paper_claims(rows)
+    assert [(c.baseline, c.metric, c.direction) for c in claims] == [
+        (f"gauss1d: {b}", m, d) for b in ("CG-SENSE+bicubic", "SR")
+        for m, d in (("PSNR", "higher"), ("SSIM", "higher"), ("LPIPS", "lower"))]
+    assert claims[0].paper == "30.32 vs 22.41 (brain, Tables 1/3)"
+    regime = exp.regime_rows(rows)
+    assert [(r.row, r.paper_psnr, r.paper_ssim) for r in regime] == [
+        ("gauss1d: CG-SENSE+bicubic", 22.41, 0.5805), ("gauss1d: SR", 28.88, 0.8462)]
+    # The cpu preset's rows: proposed against all six others on three metrics.
+    every = {"gauss1d": list(exp.TABLE1) + list(exp.TABLE3)}
+    assert len(exp.paper_claims(every)) == 18
+
+
+@pytest.mark.slow
+def test_smoke_run_claims_equal_statistics_of_its_per_slice_json(tmp_path):
+    exp.main(["--preset", "smoke", "--workdir", str(tmp_path)])
+    rows = {"gauss1d": ["SR", "Proposed", "CG-SENSE+bicubic"]}
+    assert_claims_recompute(tmp_path, exp.paper_claims(rows), exp.regime_rows(rows))

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from experiments import refine
+from _claims_helpers import assert_claims_recompute
 
 STAGES = ("segmenter", "recnet", "refine", "joint")
 
@@ -88,3 +89,23 @@ def test_lpips_rows_see_outputs_clipped_to_its_range():
     np.testing.assert_allclose(per_slice["over"]["LPIPS"], per_slice["clipped"]["LPIPS"],
                                rtol=1e-6)
     assert per_slice["over"]["PSNR"].mean() < per_slice["clipped"]["PSNR"].mean()
+
+
+def test_paper_claims_and_regime_rows():
+    claims = refine.paper_claims("Joint")
+    assert [(c.metric, c.baseline, c.direction) for c in claims] == [
+        ("SIS", "RecNet", "higher"), ("PSNR", "RecNet", "lower"), ("SIS", "Joint", "higher"),
+        ("PSNR", "Joint", "higher"), ("SIS", "CS L1-wavelet", "higher"),
+        ("LPIPS", "RecNet", "lower")]
+    rows = refine.regime_rows("Joint")
+    assert (rows[0].row, rows[0].paper_psnr, rows[0].paper_ssim) == ("RecNet", 32.46, None)
+
+
+@pytest.mark.slow
+def test_smoke_run_claims_equal_statistics_of_its_per_slice_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXMRI_NO_PROGRESS", "1")
+    out = refine.main(["--preset", "smoke", "--workdir", str(tmp_path)])
+    joint = "Joint MSE+adv+VGG (from RecNet)"
+    files = assert_claims_recompute(tmp_path, refine.paper_claims(joint),
+                                    refine.regime_rows(joint))
+    assert out["claims"] == files["claims"]["claims"]

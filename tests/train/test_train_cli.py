@@ -40,6 +40,7 @@ FLAGS = [
     "--steps",
     "--batch-size",
     "--seed",
+    "--seeds",
     "--resume",
     "--coordinator",
     "--num-processes",
