@@ -168,7 +168,7 @@ PRESETS = {
         "a GPU); 128x128 HR slices, the paper's DSGAN (64 channels, 64x64 HR / 26x26 LR crops, "
         "3000 iterations), EDSR baseline (16 blocks, 64 features, 48x48 LR crops) for 20000 "
         "steps per pair set.",
-        image_size=128, num_train=251, num_test=33, num_graded=24, max_shift=0.75,
+        image_size=128, num_train=69, num_test=36, num_graded=12, max_shift=0.75,
         noise_std=0.01,
         gan_features=64, gan_hr_crop=64, gan_steps=3000, gan_batch=1,
         gan_learning_rate=2e-4,

@@ -36,7 +36,8 @@ subfolder so that an interrupted run resumes and finished stages are not retrain
 
 1. ``segmenter/``: a U-Net segmenting CSF / grey / white matter on fully-sampled training
    slices (the SIS network; its ground-truth Dice is reported).
-2. ``recnet/``: RecNet (DC-CNN 3 x 3 x 32) trained with the MSE.
+2. ``recnet/``: RecNet (DC-CNN 3 x 3 x 32) trained with the MSE (Adam beta1 0.5, like every
+   network of paper 003).
 3. ``refine/``: the proposed gated refinement U-Net + PatchGAN on top of the frozen RecNet,
    eq. 2 (adversarial + feature matching + VGG + L1 penalty), label smoothing 0.1, replay
    pool 80 / p 0.5, Adam beta1 0.5.

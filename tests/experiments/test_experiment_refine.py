@@ -81,8 +81,9 @@ def test_lpips_rows_see_outputs_clipped_to_its_range():
     over = 1.4 * target  # bright regions above 1
     assert over.max() > 1.2
 
-    def segment(_variables, image):
-        return (np.asarray(image) > 0.5).astype(np.int32)
+    def segment(_variables, image):  # a perfect segmenter: SIS is defined, LPIPS is the point
+        del image
+        return slices["labels"][:2].astype(np.int32)
 
     per_slice, _ = refine.evaluate({"over": over, "clipped": np.clip(over, 0.0, 1.0)}, test_acq,
                                    segment, None, eval_batch=2)
