@@ -148,13 +148,15 @@ PRESETS = {
     ),
     "cpu": Preset(
         description="python -m experiments.dsgan_sr: about 8 minutes on 2 idle CPU cores; "
-        "64x64 HR / 32x32 scanner-LR slices (120 train, 33 test), DSGAN with 32 channels for "
+        "64x64 HR / 32x32 scanner-LR slices (all 69 coronal training slices, 33 test), DSGAN "
+        "with 32 channels for "
         "500 iterations (batch 2, 48x48 HR / 18x18 LR crops), DSN 300 steps, four EDSRs (4 "
         "blocks, 32 features, 16x16 LR crops, batch 16) 300 steps each; prints Table 2/3 "
         "analogs (SSIM, PSNR, NR score) and the kernel error. Paper's claim: DSGAN+EDSR above "
-        "GB+EDSR and ZF+EDSR in SSIM/PSNR. Measured here (6 min at load ~10): DSGAN+EDSR "
-        "0.629 / 23.9 dB beats GB+EDSR 0.576 / 22.4 but not ZF+EDSR 0.666 / 25.0; DSN+EDSR "
-        "0.814 / 25.4 is best; DSGAN kernel error 0.44 vs 0.47 for the sigma 1.5 Gaussian.",
+        "GB+EDSR and ZF+EDSR in SSIM/PSNR. Measured 2026-12-04 (47 min at load 20-37; one "
+        "orientation, GB sigma 1.2 selected on the training pairs): DSGAN+EDSR 0.649 / 21.6 dB "
+        "below GB+EDSR 0.667 / 22.6 and ZF+EDSR 0.694 / 22.7; Bicubic 0.694 / 24.0; DSN+EDSR "
+        "0.796 / 23.0; DSGAN kernel error 0.45 vs 0.32 for the selected Gaussian.",
         image_size=64, num_train=120, num_test=33, num_graded=12, max_shift=0.75,
         noise_std=0.01,
         gan_features=32, gan_hr_crop=48, gan_steps=500, gan_batch=2,
