@@ -36,7 +36,8 @@ subfolder so that an interrupted run resumes and finished stages are not retrain
 
 1. ``segmenter/``: a U-Net segmenting CSF / grey / white matter on fully-sampled training
    slices (the SIS network; its ground-truth Dice is reported).
-2. ``recnet/``: RecNet (DC-CNN 3 x 3 x 32) trained with the MSE.
+2. ``recnet/``: RecNet (DC-CNN 3 x 3 x 32) trained with the MSE (Adam beta1 0.5, like every
+   network of paper 003).
 3. ``refine/``: the proposed gated refinement U-Net + PatchGAN on top of the frozen RecNet,
    eq. 2 (adversarial + feature matching + VGG + L1 penalty), label smoothing 0.1, replay
    pool 80 / p 0.5, Adam beta1 0.5.
@@ -147,6 +148,11 @@ class Preset:
     cs_iters: int = 100
     eval_batch: int = 8
     checkpoint_every: int = 200
+    # One orientation per split (jaxmri.data.slicing: orientations intersect, so a position
+    # split over several leaks test voxels into training); coronal has the most slices, and a
+    # larger test fraction keeps about as many test slices as three orientations gave.
+    orientation: str = "coronal"
+    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
 
 
 PRESETS = {
@@ -269,6 +275,12 @@ def _adam(lr: float, *, b1: float = 0.9):
     return optax.adam(lr, b1=b1)
 
 
+def recnet_optimizer(lr: float) -> optax.GradientTransformation:
+    """RecNet's Adam: paper 003 trains "both" the reconstruction and the refinement network with
+    Adam, beta1 = 0.5, beta2 = 0.999 (section 4, training details)."""
+    return optax.adam(lr, b1=0.5, b2=0.999)
+
+
 def _example_batch(preset: Preset, slices) -> dict[str, np.ndarray]:
     return recon_batches(slices, preset=preset, batch_size=1, seed=0)(0)
 
@@ -297,7 +309,7 @@ def train_recnet(preset: Preset, train, workdir: Path, *, seed: int, resume):
     """Stage 2: RecNet with the MSE; returns its variables."""
     prog = programs(preset, seed)
     variables = _init_recnet(preset, train, jax.random.key(seed + 1), seed)
-    state = create_train_state(prog.recnet, _adam(preset.recnet_lr), variables)
+    state = create_train_state(prog.recnet, recnet_optimizer(preset.recnet_lr), variables)
     state = fit(train_step=refine_model.recnet_train_step, state=state,
                 batch_fn=recon_batches(train, preset=preset, batch_size=preset.recnet_batch,
                                        seed=seed + 11),
@@ -415,7 +427,9 @@ def evaluate(recons: dict[str, np.ndarray], test_acq, segment, seg_vars, *, eval
         per_slice[name] = {
             "PSNR": np.asarray(psnr(mag, target))[valid],
             "SSIM": np.asarray(ssim(mag, target))[valid],
-            "LPIPS": np.asarray(lpips(mag, target, data_range=1.0))[valid],
+            # LPIPS expects images in its data range: every row is clipped to [0, 1] alike
+            # (a refined output may overshoot 1, which LPIPS would read as out-of-range).
+            "LPIPS": np.asarray(lpips(np.clip(mag, 0.0, 1.0), target, data_range=1.0))[valid],
             "Dice": dice_rec[valid],
             "SIS": semantic_interpretability_score(np.where(valid, dice_rec, np.nan), dice_gt),
         }
@@ -501,14 +515,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _run(preset: Preset, workdir: Path, *, data, seed: int, resume) -> dict:
     size = preset.image_size
-    train = load_slices(data, image_size=size, split="train")
+    split = dict(orientations=(preset.orientation,), fractions=preset.split_fractions)
+    train = load_slices(data, image_size=size, split="train", **split)
     if "labels" not in train:
         raise UserInputError("the SIS needs segmentation labels, which this --data has not: "
                              "use the embedded data (no --data)")
     check_batch_size(max(preset.seg_batch, preset.recnet_batch, preset.refine_batch,
                          preset.joint_batch), len(train["image"]))
-    val = load_slices(data, image_size=size, split="val")
-    test = load_slices(data, image_size=size, split="test")
+    val = load_slices(data, image_size=size, split="val", **split)
+    test = load_slices(data, image_size=size, split="test", **split)
     print(f"[refine] {len(train['image'])} train / {len(val['image'])} val / "
           f"{len(test['image'])} test slices of {size} px, 8x 1-D Gaussian masks")
 

@@ -31,10 +31,18 @@ from jaxmri.data.simulate import (
     slice_rng,
     smooth_phase,
 )
-from jaxmri.data.slicing import ORIENTATIONS, SPLITS, resize_2d, split_assignment, volume_to_slices
+from jaxmri.data.slicing import (
+    DEFAULT_ORIENTATIONS,
+    ORIENTATIONS,
+    SPLITS,
+    resize_2d,
+    split_assignment,
+    volume_to_slices,
+)
 from jaxmri.data.sources import load_slices, source_kind
 
 __all__ = [
+    "DEFAULT_ORIENTATIONS",
     "ORIENTATIONS",
     "SPLITS",
     "acquire_slices",

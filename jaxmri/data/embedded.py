@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxmri.data.slicing import DEFAULT_FRACTIONS, ORIENTATIONS, volume_to_slices
+from jaxmri.data.slicing import DEFAULT_FRACTIONS, DEFAULT_ORIENTATIONS, volume_to_slices
 
 __all__ = ["load_mni152", "mni152_slices"]
 
@@ -69,7 +69,7 @@ def mni152_slices(
     *,
     image_size: int,
     split: str = "train",
-    orientations: Sequence[str] = ORIENTATIONS,
+    orientations: Sequence[str] = DEFAULT_ORIENTATIONS,
     min_foreground: float = 0.2,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     cycle: int = 64,

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxmri.data.slicing import DEFAULT_FRACTIONS, ORIENTATIONS, volume_to_slices
+from jaxmri.data.slicing import DEFAULT_FRACTIONS, DEFAULT_ORIENTATIONS, volume_to_slices
 from jaxmri.errors import MissingInputError, UserInputError
 
 __all__ = ["read_nifti", "load_nifti_slices"]
@@ -92,7 +92,7 @@ def load_nifti_slices(
     image_size: int,
     split: str = "train",
     labels_path: str | os.PathLike | None = None,
-    orientations: Sequence[str] = ORIENTATIONS,
+    orientations: Sequence[str] = DEFAULT_ORIENTATIONS,
     min_foreground: float = 0.2,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     cycle: int = 64,

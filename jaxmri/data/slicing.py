@@ -27,10 +27,15 @@ positions is cut into ``max(1, round(L / cycle))`` cycles; each cycle is laid ou
 samples the whole anatomy instead of one end of it. Then every position that has a position of
 a *different* split within ``guard`` slices before it is dropped. Hence two slices of different
 splits are always more than ``guard`` slices apart, so no slice or its near neighbours appears
-in two splits. The split is per position *within one orientation*: a sagittal test slice and an
-axial training slice of the same volume intersect along a line of shared voxels. For the
-embedded template (one brain, not patients) that is the honest limit of what a split can do;
-pass ``orientations=("axial",)`` for splits that share no voxels at all.
+in two splits. The split is per position *within one orientation*, so a split (``train``, ``val``,
+``test``) is only made of one orientation: slices of two orientations of the same volume
+intersect along a line of shared voxels (a sagittal test slice meets every axial training
+slice), so a position split over several orientations would put test voxels into training.
+:func:`volume_to_slices` refuses that (ValueError) and the loaders default to the single
+``DEFAULT_ORIENTATIONS`` (coronal: the most usable slices of the embedded template, 161 of 197
+positions). With one orientation the split planes are disjoint and, with the guard, more than
+``guard`` voxels apart: no test voxel is in any training slice (tested on an index volume).
+``split="all"`` may still mix orientations (nothing is held out there).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from jaxmri._checks import check_finite, check_ndim, check_positive
 from jaxmri.errors import UserInputError
 
 __all__ = [
+    "DEFAULT_ORIENTATIONS",
     "ORIENTATIONS",
     "SPLITS",
     "resize_2d",
@@ -52,6 +58,8 @@ __all__ = [
 ]
 
 ORIENTATIONS = ("sagittal", "coronal", "axial")
+# One orientation: a position split over several would share voxels between splits.
+DEFAULT_ORIENTATIONS = ("coronal",)
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 
@@ -183,7 +191,7 @@ def volume_to_slices(
     *,
     image_size: int,
     split: str = "train",
-    orientations: Sequence[str] = ORIENTATIONS,
+    orientations: Sequence[str] = DEFAULT_ORIENTATIONS,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     tissue: Sequence[np.ndarray] | None = None,
     label_volume: np.ndarray | None = None,
@@ -200,7 +208,8 @@ def volume_to_slices(
       volume: ``(X, Y, Z)`` real intensities in RAS-canonical voxel order, finite.
       image_size: side ``S`` of the square output slices.
       split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (every kept slice, no guard gaps).
-      orientations: subset of ``("sagittal", "coronal", "axial")``.
+      orientations: subset of ``("sagittal", "coronal", "axial")``; exactly one unless
+        ``split == "all"`` (see the module docstring: orientations intersect).
       spacing: voxel size in mm along the three axes.
       tissue: optional ``(csf, gm, wm)`` probability volumes, same shape as ``volume``; labels are
         ``argmax(background, csf, gm, wm)`` of the resized maps, ``background = 1 - clip(csf + gm
@@ -218,7 +227,8 @@ def volume_to_slices(
       ``tissue`` or ``label_volume`` is given, ``labels``.
 
     Raises:
-      ValueError: wrong shapes, non-finite values, a constant volume, or an empty split.
+      ValueError: wrong shapes, non-finite values, a constant volume, an empty split, or
+        several orientations for a held-out split.
     """
     volume = np.asarray(volume)
     check_ndim(volume, "volume", ndim=3)
@@ -246,6 +256,12 @@ def volume_to_slices(
         raise ValueError(f"spacing must be three positive voxel sizes, got {spacing}")
     wanted = _parse_split(split)
     axes = _parse_orientations(orientations)
+    if wanted is not None and len(axes) > 1:
+        raise ValueError(
+            f"split {split!r} of several orientations {tuple(orientations)} would leak test "
+            "voxels into training (slices of different orientations intersect); pass one "
+            "orientation, or split='all'"
+        )
 
     lo, hi = float(volume.min()), float(volume.max())
     if hi <= lo:

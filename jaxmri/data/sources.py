@@ -23,7 +23,7 @@ import numpy as np
 from jaxmri.data.embedded import mni152_slices
 from jaxmri.data.fastmri import H5_SUFFIXES, load_fastmri_slices
 from jaxmri.data.nifti import NIFTI_SUFFIXES, load_nifti_slices
-from jaxmri.data.slicing import DEFAULT_FRACTIONS, ORIENTATIONS
+from jaxmri.data.slicing import DEFAULT_FRACTIONS, DEFAULT_ORIENTATIONS
 from jaxmri.errors import MissingInputError, UserInputError
 
 __all__ = ["source_kind", "load_slices"]
@@ -64,7 +64,7 @@ def load_slices(
     *,
     image_size: int,
     split: str = "train",
-    orientations: Sequence[str] = ORIENTATIONS,
+    orientations: Sequence[str] = DEFAULT_ORIENTATIONS,
     labels_path: str | os.PathLike | None = None,
     min_foreground: float = 0.2,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,

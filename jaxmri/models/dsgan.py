@@ -8,8 +8,10 @@ an SR network (:class:`jaxmri.nn.edsr.EDSR`).
 Conventions: networks see NHWC float32 arrays with one channel; images are real magnitudes in
 ``[0, 1]``; a downsampling kernel acts by correlation then x2 subsampling
 (:func:`jaxmri.physics.lowres.downsample_with_kernel`), so ``G(x) = (x correlated with k)[::2,
-::2]`` on the valid region and ``k = extract_kernel(...)`` is that ``k``, centred at
-``(K // 2 + 0.5, K // 2 + 0.5)`` when it matches bicubic's half-pixel grid.
+::2]`` on the valid region and ``k = extract_kernel(...)`` is that ``k``, centred on its central
+pixel ``(K // 2, K // 2)`` when it matches bicubic downscaling on the package's sampling grid
+(:func:`jaxmri.physics.grid_position`: LR pixel ``i`` on HR pixel ``2 i``, where the k-space
+crop puts it).
 
 Contents:
 
@@ -211,21 +213,22 @@ def penalty_mask(size: int, *, scale: float = 30.0) -> np.ndarray:
     return mask.astype(np.float32)
 
 
-def kernel_regularisers(kernel: jax.Array, *, scale: int = 2) -> dict[str, jax.Array]:
+def kernel_regularisers(kernel: jax.Array) -> dict[str, jax.Array]:
     """Eq. 3's kernel terms for a ``(K, K)`` kernel.
 
     * ``sum2one``: ``|1 - sum k|``;
     * ``boundaries``: ``mean |k * m|`` with ``m = penalty_mask(K)``;
     * ``sparse``: ``mean |k|^0.2``;
     * ``center``: Euclidean distance of the centre of mass ``sum k (i, j) / sum k`` to
-      ``(c, c)``, ``c = K // 2 + 0.5 (scale - K % 2)`` (6.5 for 13x13 at x2: the half-pixel
-      grid of bicubic downscaling).
+      ``(c, c)``, ``c = (K - 1) / 2`` (6 for 13x13: the central pixel, which puts LR pixel ``i``
+      on HR pixel ``2 i`` like the k-space crop and bicubic downscaling; KernelGAN's 6.5 belongs
+      to the half-pixel grid of MATLAB's ``imresize``, which this package does not use).
     """
     check_ndim(kernel, "kernel", ndim=2)
     size = kernel.shape[0]
     idx = jnp.arange(size, dtype=jnp.float32)
     total = jnp.sum(kernel)
-    centre = size // 2 + 0.5 * (scale - size % 2)
+    centre = (size - 1) / 2
     com = jnp.stack([jnp.sum(kernel.sum(axis=1) * idx), jnp.sum(kernel.sum(axis=0) * idx)]) / total
     # |k|^0.2 has an infinite derivative at 0; the epsilon keeps gradients finite.
     sparse = jnp.mean((jnp.abs(kernel) + 1e-8) ** 0.2)
@@ -241,7 +244,9 @@ def bicubic_loss(hr: jax.Array, g_out: jax.Array, *, scale: int = 2) -> jax.Arra
     """``mean |G(x) - bicubic(x)|``: the bicubic x2 downscaling shaved to G's output size.
 
     ``hr`` ``(N, H, W, 1)``, ``g_out`` ``(N, h, w, 1)``; the shave is ``(H / 2 - h) / 2`` per
-    side, which aligns the two half-pixel grids for a kernel centred at ``K // 2 + 0.5``.
+    side. For ``H / 2`` even that is ``K // 4`` (3 for 13x13): G's output ``j`` is centred on HR
+    pixel ``2 j + K // 2`` for a kernel centred at ``K // 2``, bicubic's output ``j + 3`` on HR
+    pixel ``2 j + 6`` (:func:`jaxmri.physics.grid_position`), so the two grids line up.
     """
     size = hr.shape[1] // scale, hr.shape[2] // scale
     down = bicubic_resize(hr[..., 0], size)
@@ -345,7 +350,7 @@ def make_gan_train_step(generator: DeepLinearGenerator, *, update_every: int = 2
                                          mutable=d_mutable)
             adv = jnp.mean(jnp.abs(d_fake - 1.0))
             kernel = extract_kernel(generator, g_params)
-            reg = kernel_regularisers(kernel, scale=scale)
+            reg = kernel_regularisers(kernel)
             bic = bicubic_loss(hr, fake, scale=scale)
             total = adv + sched["bicubic"] * bic + sum(sched[n] * reg[n] for n in reg)
             return total, (fake, {"g_adv": adv, "bicubic": bic, **reg})

@@ -13,7 +13,8 @@ deterministic given its ``rng``.
 * :mod:`~jaxmri.physics.consistency`: hard, soft (DC-CNN) and proximal (IFR-Net eq. 6) data
   consistency, and ``image_dc`` in image space.
 * :mod:`~jaxmri.physics.degrade`: k-space crop / zero-pad, Fermi filter, Gaussian blur, bicubic
-  resize, complex Gaussian and Rician noise.
+  resize, complex Gaussian and Rician noise, and the one sampling-grid convention that crop,
+  zero-pad and resize share (``grid_position``: pixel ``n // 2`` of every grid is the FFT origin).
 
 Imported from their submodules (used by one or two papers):
 
@@ -28,6 +29,7 @@ from jaxmri.physics.degrade import (
     complex_gaussian_noise,
     fermi_filter,
     gaussian_blur,
+    grid_position,
     kspace_crop,
     kspace_zero_pad,
     rician_noise,
@@ -67,5 +69,6 @@ __all__ = [
     "simulate_coil_maps", "espirit_maps", "CGResult", "conjugate_gradient", "cg_sense",
     "hard_dc", "soft_dc", "proximal_dc", "image_dc", "projection_dc",
     "kspace_crop", "kspace_zero_pad", "fermi_filter", "gaussian_blur", "bicubic_resize",
+    "grid_position",
     "complex_gaussian_noise", "rician_noise",
 ]

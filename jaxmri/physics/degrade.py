@@ -4,6 +4,15 @@ Conventions (see :mod:`jaxmri`): arrays are ``(..., H, W)`` with any leading bat
 is centred with DC at ``(H // 2, W // 2)``; complex data are ``complex64`` and magnitudes
 ``float32``; random functions take a ``jax.random`` key first.
 
+Sampling grid (one convention for every grid of the package, :func:`grid_position`): pixel
+``n // 2`` of an ``n``-pixel axis is the origin of the centred FFT (``fft2c`` keeps the phase
+reference there), and ``n`` pixels span the field of view. So pixel ``i`` of an ``n``-pixel axis
+sits at ``N // 2 + (i - n // 2) N / n`` on an ``N``-pixel axis of the same field of view: at x2,
+LR pixel ``i`` sits on HR pixel ``2 i`` (even LR sizes). :func:`kspace_crop` and
+:func:`kspace_zero_pad` follow it by construction (they keep DC at ``n // 2``), and
+:func:`bicubic_resize` resamples on the same grid, so a k-space crop and a bicubic downscale (or
+a zero-pad and a bicubic upscale) of the same image line up instead of being half a pixel apart.
+
 * :func:`kspace_crop` / :func:`kspace_zero_pad`: the k-space truncation ``H`` of paper 004
   (keep the central ``h x w`` frequencies) and its adjoint (zero padding). Both keep the DC
   sample at ``(n // 2)`` of every axis, for odd and even sizes alike. Neither rescales: with the
@@ -42,6 +51,7 @@ __all__ = [
     "fermi_filter",
     "gaussian_blur",
     "bicubic_resize",
+    "grid_position",
     "complex_gaussian_noise",
     "rician_noise",
 ]
@@ -188,18 +198,36 @@ def gaussian_blur(
     return jnp.matmul(out, cols.T, precision=highest)
 
 
+def grid_position(index, n_from: int, n_to: int):
+    """Where pixel ``index`` of an ``n_from``-pixel axis sits on an ``n_to``-pixel axis.
+
+    The package's sampling-grid convention (module docstring): both axes span the same field of
+    view and share the centred FFT's origin at pixel ``n // 2``, so the position is
+    ``n_to // 2 + (index - n_from // 2) * n_to / n_from`` (in pixels of the ``n_to`` axis,
+    fractional in general). Works on numbers and numpy arrays.
+    """
+    for name, n in (("n_from", n_from), ("n_to", n_to)):
+        if int(n) != n or n < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {n}")
+    return n_to // 2 + (np.asarray(index) - n_from // 2) * (n_to / n_from)
+
+
 def bicubic_resize(
     image: jax.Array, out_shape: tuple[int, int], *, antialias: bool = True
 ) -> jax.Array:
-    """Bicubic resampling of the last two axes with ``jax.image.resize``.
+    """Bicubic resampling of the last two axes on the package's centred FFT grid.
 
     Kernel: Keys' cubic convolution with ``a = -0.5`` (PIL's ``BICUBIC``; OpenCV's ``INTER_CUBIC``
-    uses ``a = -0.75``), half-pixel centres (pixel ``i`` of ``n`` sits at ``(i + 0.5) / n`` of the
-    field of view, no corner alignment), weights of taps falling outside the image dropped and
-    the rest renormalised. With ``antialias=True`` the kernel is widened by the downscaling
-    factor when shrinking (like PIL and ``tf.image.resize(antialias=True)``), which low-pass
-    filters before decimating; it has no effect when enlarging. With ``antialias=True`` the
-    result equals PIL's ``Image.resize(..., BICUBIC)`` on float images (tested).
+    uses ``a = -0.75``), weights of taps falling outside the image dropped and the rest
+    renormalised. With ``antialias=True`` the kernel is widened by the downscaling factor when
+    shrinking (like PIL and ``tf.image.resize(antialias=True)``), which low-pass filters before
+    decimating; it has no effect when enlarging.
+
+    Grid: input pixel ``i`` lands on output position :func:`grid_position` ``(i, n, N)``, the
+    grid of :func:`kspace_crop` / :func:`kspace_zero_pad` (pixel ``n // 2`` on pixel ``N // 2``),
+    not the image-processing half-pixel grid (``(i + 0.5) / n`` of the field of view, PIL's and
+    ``jax.image.resize``'s), which differs from it by ``N / (2 n) - 1 / 2`` output pixels for
+    even sizes (half an HR pixel at x2). Computed with ``jax.image.scale_and_translate``.
 
     Args:
       image: real or complex image ``(..., H, W)``; real integers are promoted to ``float32``.
@@ -215,8 +243,16 @@ def bicubic_resize(
     if not jnp.issubdtype(image.dtype, jnp.complexfloating):
         check_real(image, "image")
         image = image.astype(jnp.float32)
-    return jax.image.resize(
-        image, image.shape[:-2] + (h, w), method="bicubic", antialias=antialias
+    in_h, in_w = image.shape[-2:]
+    scale = jnp.array([h / in_h, w / in_w], jnp.float32)
+    # scale_and_translate maps input coordinate u (pixel i at u = i + 0.5) to u * scale + t;
+    # t puts pixel i at grid_position(i) + 0.5 in output coordinates.
+    translation = jnp.array(
+        [grid_position(0, n, m) + 0.5 - 0.5 * m / n for n, m in ((in_h, h), (in_w, w))],
+        jnp.float32)
+    return jax.image.scale_and_translate(
+        image, image.shape[:-2] + (h, w), (image.ndim - 2, image.ndim - 1), scale, translation,
+        method="bicubic", antialias=antialias,
     )
 
 

@@ -1,15 +1,16 @@
 """Kernel-based x2 downsampling and a simulated "scanner" low-resolution acquisition.
 
-Convention (KernelGAN's, kept by the deep linear generator of :mod:`jaxmri.models.dsgan`): a
-downsampling kernel ``k`` of odd size ``K`` acts by *correlation* followed by keeping every
-``factor``-th sample::
+Convention: a downsampling kernel ``k`` of odd size ``K`` acts by *correlation* followed by
+keeping every ``factor``-th sample on the package's sampling grid
+(:func:`jaxmri.physics.grid_position`, the grid of the k-space crop and of bicubic resizing)::
 
-    lr[i, j] = sum_{a, b} k[a, b] * hr_pad[factor i + a, factor j + b]
+    lr[i, j] = sum_{a, b} k[a, b] * hr_pad[o + factor i + a, o + factor j + b]
 
-where ``hr_pad`` is ``hr`` padded by ``K // 2`` on each side (symmetric). A kernel whose centre
-of mass is at ``(K // 2 + 0.5, K // 2 + 0.5)`` (for ``factor = 2``) puts LR pixel ``i`` at HR
-position ``2 i + 0.5``: the half-pixel-centre grid of :func:`jaxmri.physics.bicubic_resize`, so
-kernel-downsampled and bicubic images line up.
+where ``hr_pad`` is ``hr`` padded by ``K // 2`` on each side (symmetric) and
+``o = grid_position(0, H / factor, H)`` (0 for even LR sizes). A kernel whose centre of mass is
+its central pixel ``(K // 2, K // 2)`` puts LR pixel ``i`` at HR position ``o + factor i``, where
+a centred k-space crop and :func:`jaxmri.physics.bicubic_resize` put it, so kernel-downsampled,
+k-space-cropped and bicubic images line up.
 
 The "scanner LR" acquisition stands in for paper 001's separately acquired real LR scans. Its
 effective kernel (:func:`scanner_kernel`) is neither a Gaussian nor the Fermi-windowed k-space
@@ -34,12 +35,13 @@ from jax import lax
 from scipy.signal import fftconvolve
 
 from jaxmri._checks import check_ndim, check_positive, check_real
-from jaxmri.physics.degrade import fermi_filter, kspace_crop, rician_noise
+from jaxmri.physics.degrade import fermi_filter, grid_position, kspace_crop, rician_noise
 from jaxmri.physics.fft import fft2c, ifft2c
 
 __all__ = [
     "downsample_with_kernel",
     "gaussian_kernel",
+    "select_gaussian_sigma",
     "kspace_lowres",
     "scanner_kernel",
     "fourier_shift",
@@ -79,6 +81,9 @@ def downsample_with_kernel(image: jax.Array, kernel: jax.Array, *, factor: int =
     flat = image.reshape((-1, height, width))
     half = np.shape(kernel)[0] // 2
     padded = jnp.pad(flat, ((0, 0), (half, half), (half, half)), mode="symmetric")
+    oy = int(grid_position(0, height // factor, height))
+    ox = int(grid_position(0, width // factor, width))
+    padded = padded[:, oy:, ox:]
     out = lax.conv_general_dilated(
         padded[..., None], jnp.asarray(kernel, jnp.float32)[:, :, None, None],
         (factor, factor), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -87,19 +92,55 @@ def downsample_with_kernel(image: jax.Array, kernel: jax.Array, *, factor: int =
     return out[..., 0].reshape(lead + out.shape[1:3])
 
 
-def gaussian_kernel(*, size: int = 13, sigma: float = 1.5, scale: int = 2) -> np.ndarray:
-    """Isotropic Gaussian ``(size, size)`` kernel centred at ``size // 2 + 0.5 (scale - size % 2)``.
+def gaussian_kernel(*, size: int = 13, sigma: float = 1.5) -> np.ndarray:
+    """Isotropic Gaussian ``(size, size)`` kernel centred on its central pixel ``size // 2``.
 
-    The centre sits on the half-pixel grid of the module convention (6.5 for 13x13 at x2), so
-    that :func:`downsample_with_kernel` with it lines up with bicubic downscaling. Sums to 1.
+    ``size`` is odd, so that :func:`downsample_with_kernel` with it lines up with the k-space
+    crop and bicubic downscaling (module convention). Sums to 1.
     """
-    if int(size) != size or size < 1:
-        raise ValueError(f"size must be an int >= 1, got {size}")
+    if int(size) != size or size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be an odd int >= 1, got {size}")
     check_positive(sigma, "sigma")
-    t = np.arange(size) - (size // 2 + 0.5 * (scale - size % 2))
+    t = np.arange(size) - size // 2
     g = np.exp(-0.5 * (t / sigma) ** 2)
     kernel = np.outer(g, g)
     return (kernel / kernel.sum()).astype(np.float32)
+
+
+def select_gaussian_sigma(hr: np.ndarray, lr: np.ndarray, sigmas, *,
+                          size: int = 13) -> tuple[float, np.ndarray]:
+    """Paper 001's choice of the Gaussian-blur baseline's width: the ``sigma`` whose
+    :func:`gaussian_kernel` downsampling of ``hr`` best matches the real ``lr``.
+
+    "A Gaussian kernel with a standard variance of 1.5 was selected because HR images
+    downsampled using this kernel achieved the best similarity ... with real LR images"
+    (section 2.C.3). The similarity is the mean squared error over all pixels of all pairs (the
+    same ranking as PSNR); pass training pairs only, the choice is part of training.
+
+    Args:
+      hr: real HR images ``(N, H, W)``.
+      lr: the real LR images of the same scenes ``(N, H / 2, W / 2)``.
+      sigmas: candidate standard deviations (HR pixels), a non-empty sequence of positive numbers.
+      size: kernel size (odd).
+
+    Returns:
+      ``(best sigma, mean squared error per candidate (len(sigmas),) float64)``.
+    """
+    check_ndim(hr, "hr", ndim=3)
+    check_ndim(lr, "lr", ndim=3)
+    sigmas = [float(s) for s in sigmas]
+    if not sigmas:
+        raise ValueError("sigmas must name at least one candidate")
+    height, width = np.shape(hr)[-2:]
+    if np.shape(lr) != (np.shape(hr)[0], height // 2, width // 2):
+        raise ValueError(f"lr must have shape {(np.shape(hr)[0], height // 2, width // 2)} "
+                         f"(hr downsampled x2), got {np.shape(lr)}")
+    down = jax.jit(downsample_with_kernel)
+    lr = np.asarray(lr, np.float64)
+    errors = np.array([
+        np.mean((np.asarray(down(hr, gaussian_kernel(size=size, sigma=s)), np.float64) - lr) ** 2)
+        for s in sigmas])
+    return sigmas[int(np.argmin(errors))], errors
 
 
 def kspace_lowres(image: jax.Array, *, fermi_radius: float = 0.45,
@@ -107,8 +148,8 @@ def kspace_lowres(image: jax.Array, *, fermi_radius: float = 0.45,
     """x2 LR by k-space zero-filling: keep the central half of each axis (zero the outer 75 % of
     the samples) under a radial Fermi window, at half size (paper 001's ZF baseline).
 
-    The image is first shifted by half an HR pixel so that LR pixel ``i`` sits at HR position
-    ``2 i + 0.5`` like the kernel convention of this module. The result is scaled by 1/2
+    LR pixel ``i`` sits at HR position ``2 i`` (even sizes), the package's grid, like the kernel
+    convention of this module. The result is scaled by 1/2
     (``sqrt(h w / (H W))``: the unitary inverse FFT on the smaller grid would double a constant)
     to keep intensities, and its magnitude is returned.
 
@@ -125,8 +166,7 @@ def kspace_lowres(image: jax.Array, *, fermi_radius: float = 0.45,
     height, width = np.shape(image)[-2:]
     if height % 2 or width % 2:
         raise ValueError(f"image size {(height, width)} must be even")
-    shifted = fourier_shift(image, jnp.full(np.shape(image)[:-2] + (2,), -0.5, jnp.float32))
-    k = fft2c(shifted.astype(jnp.complex64)) * fermi_filter(
+    k = fft2c(jnp.asarray(image, jnp.float32).astype(jnp.complex64)) * fermi_filter(
         (height, width), radius=fermi_radius, width=fermi_width)
     low = ifft2c(kspace_crop(k, (height // 2, width // 2)))
     return (0.5 * jnp.abs(low)).astype(jnp.float32)
@@ -145,7 +185,7 @@ def scanner_kernel(
     hann(t)``, the x2 band limit of a k-space truncation tapered by a Hann window of half-width
     ``window_halfwidth`` pixels, and ``psf`` an anisotropic Gaussian with standard deviations
     ``psf_sigmas`` (major, minor) rotated by ``psf_angle_deg``. Sampled at offsets
-    ``t = index - (size // 2 + 0.5)`` (centred between pixels, see the module docstring),
+    ``t = index - size // 2`` (centred on the central pixel, see the module docstring),
     normalised to sum 1. The windowed sinc has negative side lobes and the PSF is oriented, so no
     isotropic Gaussian fits it.
     """
@@ -158,7 +198,7 @@ def scanner_kernel(
     # convolution of the two continuous kernels is accurate.
     over = 4
     length = size * over
-    t = (np.arange(length) - (size // 2 + 0.5) * over) / over
+    t = (np.arange(length) - (size // 2) * over) / over
     sinc = np.sinc(t / 2.0) / 2.0 * np.where(
         np.abs(t) < window_halfwidth, 0.5 + 0.5 * np.cos(np.pi * t / window_halfwidth), 0.0)
     # fftconvolve(mode="same") treats index (L - 1) // 2 of the second array as offset zero.

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.transform import resize as sk_resize
 
-from jaxmri.data.slicing import resize_2d, split_assignment, volume_to_slices
+from jaxmri.data.slicing import ORIENTATIONS, resize_2d, split_assignment, volume_to_slices
 
 
 @settings(max_examples=20, deadline=None)
@@ -160,3 +160,36 @@ def test_split_assignment_bad_fractions():
         split_assignment(np.arange(10), fractions=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="cycle must be > 0"):
         split_assignment(np.arange(10), cycle=0)
+
+
+def _index_volume(side: int = 40) -> np.ndarray:
+    """A cube whose voxels all hold different values (a shuffled index), every one foreground."""
+    values = np.random.default_rng(0).permutation(side**3).reshape(side, side, side)
+    return (1000.0 + values).astype(np.float32)
+
+
+def _voxels(out: dict) -> set:
+    # With a cube, no padding and image_size equal to the side, resize_2d is the identity, so
+    # every pixel is one voxel's (normalised) value.
+    return set(np.round(out["image"].ravel() * 2e5).astype(np.int64).tolist())
+
+
+def test_no_test_voxel_in_any_training_slice():
+    volume = _index_volume()
+    assert np.unique(volume).size == volume.size
+    kwargs = dict(image_size=40, margin=0, min_foreground=0.0, cycle=20, guard=2)
+    every = volume_to_slices(volume, split="all", orientations=("axial",), **kwargs)
+    assert len(_voxels(every)) == volume.size  # the identity resize keeps values distinct
+    # The default (one orientation) and each single orientation: disjoint voxel sets.
+    for orientations in (None, ("sagittal",), ("coronal",), ("axial",)):
+        extra = {} if orientations is None else {"orientations": orientations}
+        voxels = {s: _voxels(volume_to_slices(volume, split=s, **kwargs, **extra))
+                  for s in ("train", "val", "test")}
+        assert voxels["test"] and voxels["train"]
+        assert not voxels["test"] & voxels["train"]
+        assert not voxels["val"] & voxels["train"] and not voxels["val"] & voxels["test"]
+    # Several orientations split by position would share voxels: refused, naming the problem.
+    with pytest.raises(ValueError, match="leak test voxels into training"):
+        volume_to_slices(volume, split="train", orientations=ORIENTATIONS, **kwargs)
+    mixed = volume_to_slices(volume, split="all", orientations=ORIENTATIONS, **kwargs)
+    assert len(mixed["image"]) == 3 * 40  # "all" holds nothing out, so it may mix them

@@ -11,7 +11,7 @@ from jaxmri.data import tfds_cache
 from jaxmri.data.fastmri import write_fastmri_h5
 from jaxmri.data.sources import load_slices
 
-OPTIONS = dict(orientations=("axial", "coronal"), guard=2)
+OPTIONS = dict(orientations=("axial",), guard=2)
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_config_separates_sizes_sources_and_edits(tmp_path):
     nii = write_nifti(tmp_path / "head.nii.gz", ellipsoid_volume())
     a = tfds_cache.slice_config(nii, image_size=16, **OPTIONS)
     b = tfds_cache.slice_config(nii, image_size=24, **OPTIONS)
-    c = tfds_cache.slice_config(nii, image_size=16, orientations=("axial",), guard=2)
+    c = tfds_cache.slice_config(nii, image_size=16, orientations=("coronal",), guard=2)
     assert a.name.startswith("head_16px_") and b.name.startswith("head_24px_")
     assert len({a.name, b.name, c.name}) == 3
     assert tfds_cache.slice_config(nii, image_size=16, **OPTIONS).name == a.name

@@ -40,6 +40,23 @@ def test_smoke_experiment_end_to_end_and_resume(tmp_path):
     assert again["table2"] == out["table2"]
 
 
+def test_mscn_histogram_uses_the_papers_one_pixel_window():
+    """Paper 001 section 2.C.3: 7x7 Gaussian weights of standard deviation 1 pixel (BRISQUE's
+    own 7/6 stays in jaxmri.metrics.brisque)."""
+    from jaxmri.metrics import mscn_coefficients
+
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 24, 24)).astype(np.float32)
+    bins = np.linspace(-3.0, 3.0, 61)
+
+    def hist(sigma):
+        coeffs = np.asarray(mscn_coefficients(255.0 * images, sigma=sigma))
+        return np.histogram(coeffs.ravel(), bins=bins, density=True)[0]
+
+    np.testing.assert_allclose(exp.mscn_histogram(images, bins), hist(1.0), atol=1e-6)
+    assert np.abs(hist(1.0) - hist(7 / 6)).max() > 1e-3
+
+
 def test_paper_claims_and_regime_rows():
     claims = exp.paper_claims()
     # DSGAN + EDSR above each of four rows, on PSNR and on SSIM.

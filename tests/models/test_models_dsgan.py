@@ -93,7 +93,7 @@ def test_kernel_regularisers_against_hand_values():
     delta[4, 9] = 2.0  # a shifted, scaled delta
     reg = dsgan.kernel_regularisers(jnp.asarray(delta))
     np.testing.assert_allclose(reg["sum2one"], 1.0, rtol=1e-6)
-    np.testing.assert_allclose(reg["center"], np.hypot(4 - 6.5, 9 - 6.5), rtol=1e-5)
+    np.testing.assert_allclose(reg["center"], np.hypot(4 - 6, 9 - 6), rtol=1e-5)
     np.testing.assert_allclose(reg["sparse"], (2.0 ** 0.2 + 168 * 1e-8 ** 0.2) / 169, rtol=1e-4)
     mask = dsgan.penalty_mask(size)
     assert np.all(mask[2:11, 2:11] == 0) and np.all(mask[0] > 0) and np.all(mask[:, 1] > 0)

@@ -18,6 +18,7 @@ from jaxmri.physics.degrade import (
     complex_gaussian_noise,
     fermi_filter,
     gaussian_blur,
+    grid_position,
     kspace_crop,
     kspace_zero_pad,
     rician_noise,
@@ -187,20 +188,43 @@ def test_gaussian_blur_bad_arguments():
 
 
 @pytest.mark.parametrize("out_shape", [(20, 24), (13, 17), (80, 96), (40, 30)])
-def test_bicubic_resize_matches_pil_bicubic(out_shape):
-    """PIL's BICUBIC is Keys a = -0.5 with antialiasing on downscaling, half-pixel centres."""
+def test_bicubic_resize_matches_pil_bicubic_on_the_centred_grid(out_shape):
+    """PIL's BICUBIC (Keys a = -0.5, antialiased when shrinking) sampled where grid_position
+    puts the output pixels: PIL's ``box`` is the input region the output spans, here
+    ``[-t / s, -t / s + n)`` for scale ``s`` and translation ``t`` of the centred grid. PIL
+    refuses negative boxes, so the input is padded; taps that reach the padding differ (PIL
+    and jax treat borders differently), so only the interior is compared."""
     rng = np.random.default_rng(4)
     x = rng.random((40, 48)).astype(np.float32)
-    pil = Image.fromarray(x, mode="F").resize((out_shape[1], out_shape[0]), Image.BICUBIC)
-    np.testing.assert_allclose(bicubic_resize(x, out_shape), np.asarray(pil), atol=1e-5)
+    pad = 8
+    origin = []
+    for n, m in ((48, out_shape[1]), (40, out_shape[0])):
+        scale = m / n
+        origin.append(pad - (grid_position(0, n, m) + 0.5 - 0.5 * scale) / scale)
+    box = (origin[0], origin[1], origin[0] + 48, origin[1] + 40)
+    pil = Image.fromarray(np.pad(x, pad, mode="reflect"), mode="F").resize(
+        (out_shape[1], out_shape[0]), Image.BICUBIC, box=box)
+    np.testing.assert_allclose(np.asarray(bicubic_resize(x, out_shape))[4:-4, 4:-4],
+                               np.asarray(pil)[4:-4, 4:-4], atol=1e-5)
+
+
+def test_grid_position_is_the_centred_fft_grid():
+    np.testing.assert_allclose(grid_position(np.arange(4), 32, 64), [0, 2, 4, 6])
+    assert grid_position(16, 32, 64) == 32  # the FFT origins coincide
+    assert grid_position(0, 31, 62) == 1  # odd LR size: LR pixel 15 on HR pixel 31
+    np.testing.assert_allclose(grid_position(np.arange(4), 64, 32), [0, 0.5, 1, 1.5])
+    assert grid_position(7, 20, 20) == 7
+    with pytest.raises(ValueError, match="n_from"):
+        grid_position(0, 0, 4)
 
 
 def test_bicubic_resize_smooth_image_matches_analytic_function():
     def f(y, x):
         return np.cos(2 * np.pi * y) * np.sin(2 * np.pi * x) + 0.5 * np.cos(2 * np.pi * (x + y))
 
-    def grid(n, m):  # half-pixel centres on [0, 1)^2
-        return np.meshgrid((np.arange(n) + 0.5) / n, (np.arange(m) + 0.5) / m, indexing="ij")
+    def grid(n, m):  # pixel i of n at (i - n // 2) / n of the field of view (centred grid)
+        return np.meshgrid((np.arange(n) - n // 2) / n, (np.arange(m) - m // 2) / m,
+                           indexing="ij")
 
     x = f(*grid(32, 40)).astype(np.float32)
     up = np.asarray(bicubic_resize(x, (64, 80)))
@@ -212,6 +236,44 @@ def test_bicubic_resize_smooth_image_matches_analytic_function():
     noise = rng.standard_normal((64, 64)).astype(np.float32)
     assert (np.std(np.asarray(bicubic_resize(noise, (16, 16))))
             < 0.5 * np.std(np.asarray(bicubic_resize(noise, (16, 16), antialias=False))))
+
+
+def _band_limited_image(size: int, band: int, seed: int) -> np.ndarray:
+    """A real image whose centred spectrum is zero outside the central ``band x band`` block."""
+    rng = np.random.default_rng(seed)
+    k = np.zeros((size, size), np.complex128)
+    lo = size // 2 - band // 2
+    k[lo:lo + band, lo:lo + band] = (rng.standard_normal((band, band))
+                                      + 1j * rng.standard_normal((band, band)))
+    image = np.real(np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k), norm="ortho")))
+    return (image / np.abs(image).max()).astype(np.float32)
+
+
+def _psnr(a, b) -> float:
+    return float(10 * np.log10(np.abs(b).max() ** 2 / np.mean((a - b) ** 2)))
+
+
+def test_kspace_crop_and_bicubic_resize_share_the_sampling_grid():
+    """A band-limited image cropped in k-space (the LR acquisition of paper 004) and resized
+    back by bicubic interpolation is recovered, and bicubic up- and downscaling agree with the
+    k-space zero-pad and crop: the two put LR pixel i at the same HR position (2 i). With the
+    half-pixel grid of ``jax.image.resize`` the bicubic images sat half an HR pixel off
+    (measured on this image: 21.0 dB up and down, against 43.8 and 46.2 dB now)."""
+    hr = _band_limited_image(64, 12, seed=3)
+    fft = functools.partial(np.fft.fft2, norm="ortho")
+    ifft = functools.partial(np.fft.ifft2, norm="ortho")
+    k_hr = np.fft.fftshift(fft(np.fft.ifftshift(hr)))
+    lr = np.real(np.fft.fftshift(ifft(np.fft.ifftshift(np.asarray(kspace_crop(k_hr, (32, 32)))))))
+    lr = (lr / 2).astype(np.float32)  # sqrt(h w / (H W)): intensity-preserving
+    zero_padded = 2 * np.real(np.fft.fftshift(ifft(np.fft.ifftshift(
+        np.asarray(kspace_zero_pad(np.fft.fftshift(fft(np.fft.ifftshift(lr))), (64, 64)))))))
+    np.testing.assert_allclose(zero_padded, hr, atol=1e-5)  # band-limited: exact
+    inner = (slice(6, -6), slice(6, -6))  # FFT images are periodic, bicubic is not
+    up = np.asarray(bicubic_resize(lr, (64, 64)))
+    assert _psnr(up[inner], hr[inner]) > 40.0
+    assert _psnr(up[inner], zero_padded[inner]) > 40.0
+    down = np.asarray(bicubic_resize(hr, (32, 32)))
+    assert _psnr(down[3:-3, 3:-3], lr[3:-3, 3:-3]) > 40.0
 
 
 def test_bicubic_resize_complex_batched_jit():

@@ -16,6 +16,7 @@ from jaxmri.physics.lowres import (
     kspace_lowres,
     scanner_kernel,
     scanner_lowres,
+    select_gaussian_sigma,
 )
 
 
@@ -42,14 +43,41 @@ def test_downsample_with_kernel_matches_scipy_correlation():
     np.testing.assert_allclose(jitted, out, atol=1e-6)
 
 
-def test_half_pixel_kernels_line_up_with_bicubic():
+def test_kernels_line_up_with_bicubic_and_the_kspace_crop():
     # A linear ramp is reproduced exactly by any symmetric kernel: the centre of mass of the
-    # Gaussian kernel (6.5) must put LR pixel i at HR 2 i + 0.5, where bicubic puts it.
+    # Gaussian kernel (6) must put LR pixel i at HR 2 i, where bicubic and the k-space crop
+    # (jaxmri.physics.grid_position) put it.
     ramp = np.tile(np.arange(64, dtype=np.float32), (64, 1))
     down = np.asarray(downsample_with_kernel(ramp, gaussian_kernel(sigma=1.0)))
     bic = np.asarray(bicubic_resize(ramp, (32, 32)))
     np.testing.assert_allclose(down[8:-8, 8:-8], bic[8:-8, 8:-8], atol=1e-3)
-    np.testing.assert_allclose(down[10, 10:12], [20.5, 22.5], atol=1e-3)
+    np.testing.assert_allclose(down[10, 10:12], [20.0, 22.0], atol=1e-3)
+    # Odd LR size (31 of 62): the grid puts LR pixel i at HR 2 i + 1.
+    odd = np.asarray(downsample_with_kernel(ramp[:62, :62], gaussian_kernel(sigma=1.0)))
+    np.testing.assert_allclose(odd[10, 10:12], [21.0, 23.0], atol=1e-3)
+    # A smooth image: the k-space crop (kspace_lowres with an all-pass window) and a narrow
+    # kernel see the same pixel positions.
+    image = _smooth_image(64)
+    zf = np.asarray(kspace_lowres(image, fermi_radius=2.0, fermi_width=0.01))
+    kern = np.asarray(downsample_with_kernel(image, gaussian_kernel(sigma=0.5)))
+    # The same kernel one HR pixel to the right (the half-pixel convention's error, doubled).
+    rolled = np.roll(gaussian_kernel(sigma=0.5), 1, axis=1)
+    shifted = np.asarray(downsample_with_kernel(image, rolled))
+    assert np.abs(zf - kern)[4:-4, 4:-4].max() < 0.5 * np.abs(zf - shifted)[4:-4, 4:-4].max()
+
+
+def test_select_gaussian_sigma_finds_the_sigma_of_synthetic_lr():
+    rng = np.random.default_rng(7)
+    hr = np.stack([_smooth_image(48, seed=s) for s in range(4)])
+    lr = np.asarray(downsample_with_kernel(hr, gaussian_kernel(sigma=1.2)))
+    lr = lr + 0.003 * rng.standard_normal(lr.shape).astype(np.float32)
+    sigmas = [0.5 + 0.1 * i for i in range(16)]
+    best, errors = select_gaussian_sigma(hr, lr, sigmas)
+    assert abs(best - 1.2) < 1e-6 and errors.shape == (16,) and np.argmin(errors) == 7
+    with pytest.raises(ValueError, match="lr must have shape"):
+        select_gaussian_sigma(hr, lr[:, :-1], sigmas)
+    with pytest.raises(ValueError, match="sigmas"):
+        select_gaussian_sigma(hr, lr, [])
 
 
 def test_scanner_kernel_is_not_gaussian():
@@ -58,7 +86,7 @@ def test_scanner_kernel_is_not_gaussian():
     np.testing.assert_allclose(truth.sum(), 1.0, atol=1e-5)
     idx = np.arange(13)
     np.testing.assert_allclose([(truth.sum(1) * idx).sum(), (truth.sum(0) * idx).sum()],
-                               [6.5, 6.5], atol=0.02)
+                               [6.0, 6.0], atol=0.02)  # the central pixel (grid_position)
     assert truth.min() < -0.003  # windowed-sinc side lobes: no Gaussian is negative
 
     def fit_error(kernel):
@@ -103,9 +131,8 @@ def test_scanner_lowres_misregistration_within_bounds_and_model():
 def test_kspace_lowres_keeps_a_quarter_of_kspace():
     image = _smooth_image(32)
     low = np.asarray(kspace_lowres(image, fermi_radius=2.0, fermi_width=0.01))  # window ~ 1
-    # Direct numpy: half-pixel shift, central 16x16 of the centred FFT, unitary inverse, / 2.
-    k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(
-        np.asarray(fourier_shift(image, np.array([-0.5, -0.5])))), norm="ortho"))
+    # Direct numpy: central 16x16 of the centred FFT, unitary inverse, / 2.
+    k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image), norm="ortho"))
     ref = np.abs(np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k[8:24, 8:24]), norm="ortho")))
     np.testing.assert_allclose(low, ref / 2, atol=1e-5)
     np.testing.assert_allclose(low.mean(), image.mean(), rtol=0.05)
