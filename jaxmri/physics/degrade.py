@@ -204,7 +204,8 @@ def grid_position(index, n_from: int, n_to: int):
     The package's sampling-grid convention (module docstring): both axes span the same field of
     view and share the centred FFT's origin at pixel ``n // 2``, so the position is
     ``n_to // 2 + (index - n_from // 2) * n_to / n_from`` (in pixels of the ``n_to`` axis,
-    fractional in general). Works on numbers and numpy arrays.
+    fractional in general). ``index`` is a number or a numpy array of any shape; the result has
+    its shape, float64.
     """
     for name, n in (("n_from", n_from), ("n_to", n_to)):
         if int(n) != n or n < 1:
