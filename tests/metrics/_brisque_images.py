@@ -24,7 +24,7 @@ def reference_images() -> dict[str, np.ndarray]:
 
     camera = skimage.data.camera().astype(np.float64) / 255.0
     noise = np.random.default_rng(0).standard_normal(camera.shape)
-    mni = load_slices(None, image_size=128, split="test")["image"][0]
+    mni = load_slices(None, image_size=128, split="test", orientations=("sagittal",))["image"][0]
     return {
         "astronaut": skimage.data.astronaut(),
         "camera": _rgb(camera),

@@ -9,7 +9,7 @@ from jaxmri.metrics.graded_quality import fit_quality_regressor, graded_distorti
 
 
 def test_graded_set_levels_and_labels():
-    images = load_slices(None, image_size=32, split="val")["image"][:2]
+    images = load_slices(None, image_size=32, split="val", orientations=("sagittal",))["image"][:2]
     out, labels = graded_distortions(np.random.default_rng(0), images, levels=(0.0, 0.5, 1.0))
     assert out.shape == (2 * 3 * 3, 32, 32)
     np.testing.assert_array_equal(labels[:9], [0, 50, 100] * 3)
@@ -21,7 +21,11 @@ def test_graded_set_levels_and_labels():
 
 
 def test_score_orders_held_out_blur_levels():
-    slices = load_slices(None, image_size=48, split="val")["image"]
+    # Validation slices of all three orientations (each split by position on its own), in the
+    # order sagittal, coronal, axial.
+    slices = np.concatenate([load_slices(None, image_size=48, split="val",
+                                         orientations=(o,))["image"]
+                             for o in ("sagittal", "coronal", "axial")])
     train, held = slices[:10], slices[20:26]
     images, labels = graded_distortions(np.random.default_rng(1), train)
     regressor = fit_quality_regressor(images, labels)

@@ -25,7 +25,8 @@ def _np_fft2c(x):
 @functools.lru_cache(maxsize=1)
 def _real_problem(size=32, rate=0.25):
     """Noise-free single-coil measurements of real MNI slices with a pseudo-radial mask."""
-    image = load_slices(None, image_size=size, split="test")["image"][:4].astype(np.float32)
+    image = load_slices(None, image_size=size, split="test",
+                        orientations=("sagittal",))["image"][:4].astype(np.float32)
     mask, _ = pseudo_radial_mask(0, (size, size), sampling_rate=rate)
     kspace = (mask * _np_fft2c(image)).astype(np.complex64)
     return jnp.asarray(kspace), jnp.asarray(mask), image
