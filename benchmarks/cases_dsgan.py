@@ -41,6 +41,7 @@ import numpy as np
 import optax
 
 from benchmarks._common import StepCase, jax_case
+from jaxmri.cpu import conv_for
 from jaxmri.models import dsgan
 from jaxmri.nn.edsr import EDSR
 from jaxmri.physics.lowres import downsample_with_kernel, scanner_kernel
@@ -118,8 +119,9 @@ def _crops(rng: np.random.Generator, images: np.ndarray, crop: int, count: int
 
 
 def _gan_setup(preset) -> dict[str, Any]:
-    generator = dsgan.DeepLinearGenerator(features=preset.gan_features)
-    discriminator = dsgan.PatchDiscriminator(features=preset.gan_features)
+    conv = dict(conv_general_dilated=conv_for())  # as the experiment's setup picks it
+    generator = dsgan.DeepLinearGenerator(features=preset.gan_features, **conv)
+    discriminator = dsgan.PatchDiscriminator(features=preset.gan_features, **conv)
     # train_dsgan's schedule period for a run of preset.gan_steps steps.
     update_every = max(1, min(200, preset.gan_steps // 3))
     state = dsgan.create_gan_state(jax.random.PRNGKey(_SEED), generator, discriminator,
@@ -135,7 +137,8 @@ def _gan_setup(preset) -> dict[str, Any]:
 
 
 def _edsr_setup(preset) -> dict[str, Any]:
-    module = EDSR(num_blocks=preset.edsr_blocks, features=preset.edsr_features, scale=2)
+    module = EDSR(num_blocks=preset.edsr_blocks, features=preset.edsr_features, scale=2,
+                  conv_general_dilated=conv_for())
     crop = preset.edsr_lr_crop
     variables = jax.jit(module.init)(jax.random.PRNGKey(_SEED),
                                      jnp.zeros((1, crop, crop, 1), jnp.float32))

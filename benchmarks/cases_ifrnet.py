@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from benchmarks._common import StepCase, jax_case
+from jaxmri.cpu import conv_for
 
 __all__ = ["cases", "phantom_images"]
 
@@ -260,7 +261,7 @@ def cases(*, paper: bool = False, with_torch: bool = True) -> list[StepCase]:
         mask_fn=exp.mask_function(setting, size), seed=0, snr_db=preset.snr_db)
     batch = {k: np.asarray(v) for k, v in acq.items()}
 
-    module = exp.build_model("IFR-Net", preset)
+    module = exp.build_model("IFR-Net", preset, conv_general_dilated=conv_for())
     predict = exp.predictor("IFR-Net", module)
     variables = jax.jit(module.init)(jax.random.PRNGKey(0), jnp.asarray(batch["kspace"][:1]),
                                      jnp.asarray(batch["mask"][:1]))

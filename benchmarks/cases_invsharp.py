@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from benchmarks._common import StepCase, count_params, jax_case
+from jaxmri.cpu import conv_for
 
 __all__ = ["cases", "invsharp_batch", "preset_cases"]
 
@@ -105,11 +106,13 @@ def _case(name: str, preset: Any, method: str, batch: dict[str, np.ndarray],
     # As experiments.invsharp.train_method builds a method's run (seed 0).
     config = preset.network
     size = preset.image_size
+    conv = conv_for()  # as the experiment's setup picks it
     state = isn.create_states(jax.random.key(0), config, method, (size, size),
-                              learning_rate=preset.learning_rate)
-    network = isn.build_network(config)
+                              learning_rate=preset.learning_rate, conv_general_dilated=conv)
+    network = isn.build_network(config, conv_general_dilated=conv)
     train_step = isn.make_train_step(network, config, method,
-                                     isn.Critic(tuple(config.critic_features)))
+                                     isn.Critic(tuple(config.critic_features),
+                                                conv_general_dilated=conv))
     case = jax_case(name, train_step=train_step, state=state, batch=batch, params=state.params,
                     image_size=size)
     if with_torch:

@@ -42,6 +42,7 @@ import optax
 
 from benchmarks._common import StepCase, jax_case
 from experiments import joint_recsr as experiment
+from jaxmri.cpu import conv_for
 from jaxmri.data import load_slices
 from jaxmri.losses import discriminator_loss, generator_loss
 from jaxmri.metrics.perceptual import _LPIPS_SCALE, _LPIPS_SHIFT, load_pretrained
@@ -86,18 +87,21 @@ def _jax_state(preset: experiment.Preset, batch: Mapping[str, np.ndarray], seed:
     (``experiments.joint_recsr.train`` builds the state inline before calling ``fit``; these
     lines repeat it with the same modules, initialisation and optimiser.)
     """
-    module, predict, weights, rec_target = experiment.build(METHOD, preset)
+    conv = conv_for()  # as experiments.joint_recsr's setup_from_args picks it
+    module, predict, weights, rec_target = experiment.build(METHOD, preset, conv)
     schedule = optax.piecewise_constant_schedule(
         preset.learning_rate, {int(m): 0.5 for m in preset.milestones})
     key = jax.random.PRNGKey(seed)
     variables = jax.jit(module.init)(key, *experiment._inputs(METHOD, batch, 1))
-    disc = VGGDiscriminator(features=preset.disc_features, hidden=2 * preset.disc_features[-1])
+    disc = VGGDiscriminator(features=preset.disc_features, hidden=2 * preset.disc_features[-1],
+                            conv_general_dilated=conv)
     size = batch["target"].shape[-1]
     d_vars = jax.jit(disc.init)(jax.random.fold_in(key, 1),
                                 jnp.zeros((1, size, size, 1), jnp.float32))
     state = {"generator": create_train_state(module, optax.adam(schedule), variables),
              "discriminator": create_train_state(disc, optax.adam(schedule), d_vars)}
-    train_step = jr.make_train_step(predict, weights=weights, rec_target=rec_target)
+    train_step = jr.make_train_step(predict, weights=weights, rec_target=rec_target,
+                                    conv_general_dilated=conv)
     return train_step, state, predict, disc, weights
 
 

@@ -28,10 +28,13 @@ per device).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from benchmarks._common import StepCase, jax_case
 from benchmarks.cases_ifrnet import phantom_images, torch_fft_ops
+from jaxmri.cpu import conv_for
 
 __all__ = ["cases"]
 
@@ -362,6 +365,8 @@ def cases(*, paper: bool = False, with_torch: bool = True) -> list[StepCase]:
     from jaxmri.train import create_train_state
 
     preset, seed = exp.PRESETS["paper" if paper else "cpu"], 0
+    # The networks' convolution as the experiment's main sets it.
+    preset = dataclasses.replace(preset, conv_general_dilated=conv_for())
     size = preset.image_size
     prog = exp.programs(preset, seed)
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxmri import cpu as jaxmri_cpu
 from jaxmri.train import distributed
 from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
@@ -242,7 +243,12 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
     with the default when it was not given. ``jax.distributed.initialize`` runs when
     ``--num-processes`` > 1 or ``--coordinator`` is given, so call this before any other JAX
     work. Raises ``ValueError`` naming the flag for inconsistent multi-process flags.
+
+    The XLA:CPU settings (:func:`jaxmri.cpu.configure`) are applied first, before JAX starts
+    its backend, and ``args.conv_general_dilated`` is set to the convolution the run's models
+    use (:func:`jaxmri.cpu.conv_for`: the XLA:CPU one on a CPU device, else plain XLA's).
     """
+    jaxmri_cpu.configure()
     if args.num_processes > 1 and args.coordinator is None:
         raise ValueError("--coordinator HOST:PORT is required when --num-processes > 1")
     if args.process_id >= args.num_processes:
@@ -255,6 +261,7 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
         args.workdir = Path("runs") / args.experiment / args.preset
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    args.conv_general_dilated = jaxmri_cpu.conv_for()
     return ExperimentSetup(
         preset_name=args.preset, preset=args._presets[args.preset], workdir=workdir
     )
