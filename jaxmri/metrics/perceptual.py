@@ -71,11 +71,13 @@ class AlexNetFeatures(nn.Module):
 class VGG16Features(nn.Module):
     """torchvision VGG16 convolutional trunk returning relu{1_2,2_2,3_3,4_3,5_3} (NHWC).
 
-    The convolutions are :class:`jaxmri.nn.layers.Conv` (Flax's, computed by jaxmri's CPU
-    plans): as a perceptual loss the trunk is differentiated in its input, and XLA:CPU's input
-    gradient of the 256-512 channel layers at 3-8 px is slow (an im2col product instead: the
-    VGG16 loss and its gradient at 4x48x48 took 186 -> 155 ms, PyTorch 193 ms).
+    The convolutions are :class:`jaxmri.nn.layers.Conv` computed by ``conv_general_dilated``.
+    As a perceptual loss the trunk is differentiated in its input, and XLA:CPU's input gradient
+    of the 256-512 channel layers at 3-8 px is slow; :data:`jaxmri.cpu.conv_general_dilated`
+    computes those as im2col products (the VGG16 loss and its gradient at 4x48x48 took 186 ->
+    155 ms, PyTorch 193 ms).
     """
+
     conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
