@@ -1,8 +1,11 @@
 """Standalone benchmark scripts: ``python -m benchmarks.NAME`` (see each module).
 
-``jaxmri`` is imported first so that its XLA:CPU settings (:mod:`jaxmri.xla_defaults`) are in
-place before any benchmark starts JAX: the numbers are those of the library as users run it
-(``JAXMRI_XLA_DEFAULTS=0`` measures jaxlib's own defaults instead).
+Every script here is an entry point, so the package applies jaxmri's XLA:CPU settings
+(:func:`jaxmri.cpu.configure`) before any benchmark starts JAX: the numbers are those of the
+library as the experiments run it (``JAXMRI_XLA_DEFAULTS=0`` measures jaxlib's own defaults
+instead). The networks convolve with :func:`jaxmri.cpu.conv_for`'s choice, as the experiments do.
 """
 
-import jaxmri  # noqa: F401
+import jaxmri.cpu
+
+jaxmri.cpu.configure()

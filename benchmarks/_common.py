@@ -353,7 +353,7 @@ def machine_info() -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "device_kind": jax.devices()[0].device_kind,
         "jax": jax.__version__,
-        # jaxmri adds its CPU convolution setting here on import (jaxmri.xla_defaults).
+        # benchmarks/__init__.py adds jaxmri's CPU convolution setting (jaxmri.cpu.configure).
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "python": platform.python_version(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,

@@ -6,11 +6,12 @@ The training steps of all five methods are dominated by 3x3 convolutions of smal
 (3 to 64 px, 16 to 512 channels). This script times the building block alone, at shapes the
 cpu presets use: ``y = tanh(conv3x3(x, w))`` summed, with the gradients for ``x`` and ``w``
 (the work a layer does in a training step), jit-compiled in JAX (``lax.conv_general_dilated``,
-NHWC / HWIO, the layout Flax uses, with jaxmri's XLA:CPU setting from :mod:`jaxmri.xla_defaults`;
+NHWC / HWIO, the layout Flax uses, with jaxmri's XLA:CPU setting from :func:`jaxmri.cpu.configure`;
 ``JAXMRI_XLA_DEFAULTS=0`` times jaxlib's own YNNPACK convolutions instead) and eager in PyTorch
 (NCHW / OIHW), alternating, float32.
-It also times jaxmri's own convolution (:func:`jaxmri.nn.layers.conv_general_dilated`, which the
-networks use) and the same convolution written as an im2col matrix product in JAX, to separate
+It also times jaxmri's XLA:CPU convolution (:data:`jaxmri.cpu.conv_general_dilated`, which the
+networks use on the CPU) and the same convolution written as an im2col matrix product in JAX, to
+separate
 the convolution kernel from the arithmetic (XLA's CPU matmul is as fast as PyTorch's: see the
 matmul row). Writes ``<out>/conv_layers.{md,json,png}``.
 
@@ -61,9 +62,9 @@ def conv_xla(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def conv_jaxmri(x: jax.Array, w: jax.Array) -> jax.Array:
-    """The same convolution through :func:`jaxmri.nn.layers.conv_general_dilated` (what every
+    """The same convolution through :data:`jaxmri.cpu.conv_general_dilated` (what every
     jaxmri network uses: matrix products for narrow layers, a faster kernel gradient)."""
-    from jaxmri.nn.layers import conv_general_dilated
+    from jaxmri.cpu import conv_general_dilated
 
     return conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 

@@ -44,6 +44,7 @@ from benchmarks._common import (
     time_alternating,
     write_table,
 )
+from jaxmri.cpu import conv_for
 from jaxmri.models import invsharp as isn
 from jaxmri.nn.fixed_point import Implicit, Unrolled
 from jaxmri.train import AXIS_NAME
@@ -71,9 +72,12 @@ class _ModeConfig(isn.InvSharpConfig):
 
 
 def inverse_mode(kind: str, iterations: int) -> Implicit | Unrolled:
-    """``"implicit"`` -> ``Implicit(1e-30, max_iter=k)``; ``"unrolled"`` -> ``Unrolled(k)``."""
+    """``"implicit"`` -> ``Implicit(1e-30, max_iter=k)``; ``"unrolled"`` -> ``Unrolled(k)``.
+
+    The implicit adjoint solve is unrolled for ``k <= 16`` (XLA:CPU runs short while loops of
+    transposed convolutions slowly; the same result)."""
     if kind == "implicit":
-        return Implicit(tol=IMPLICIT_TOL, max_iter=iterations)
+        return Implicit(tol=IMPLICIT_TOL, max_iter=iterations, unroll_adjoint=iterations <= 16)
     if kind == "unrolled":
         return Unrolled(num_iter=iterations)
     raise ValueError(f"kind must be 'implicit' or 'unrolled', got {kind!r}")
@@ -123,7 +127,7 @@ def build_step(config: isn.InvSharpConfig, mode: Implicit | Unrolled,
         pass one to share its (slow, eager) initialisation between modes.
       count_iterations: also run the inverse once to count the implicit iterations.
     """
-    network = isn.build_network(config)
+    network = isn.build_network(config, conv_general_dilated=conv_for())
     if state is None:
         state = _initial_state(config, image_size, learning_rate, seed)
     train_step = isn.make_train_step(network, _ModeConfig(**_fields(config), inverse_mode=mode),
@@ -154,7 +158,7 @@ def build_step(config: isn.InvSharpConfig, mode: Implicit | Unrolled,
 
 def _initial_state(config, image_size, learning_rate, seed):
     return isn.create_states(jax.random.key(seed), config, "back", (image_size, image_size),
-                             learning_rate=learning_rate)
+                             learning_rate=learning_rate, conv_general_dilated=conv_for())
 
 
 def _fields(config: isn.InvSharpConfig) -> dict[str, Any]:

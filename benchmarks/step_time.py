@@ -6,14 +6,14 @@
 For each method's training step (InvSharpNet backward and forward refinement, IFR-Net, DSGAN
 generator+discriminator, EDSR, RecNet and its refinement GAN step, joint Rec+SR) the script
 builds the JAX step exactly as the experiment trains it (``benchmarks/cases_*.py``) and an eager
-PyTorch implementation of the same architecture, batch, image size and dtype (float32) started
-from the same parameters, checks that both compute the same thing (each cases module asserts
-it at build time; the parameter counts must match here), then times them alternately A, B, A,
-B after warm-up and reports the medians and their ratio (< 1: JAX is faster). Each turn times
-the mean of back-to-back calls filling ``--window`` seconds (one call for steps longer than
-that), and the ratio comes with a 90 % bootstrap interval over the paired turns: the issue's
-target (ratio <= 0.8) is "yes" / "no" when the whole interval is on one side of 0.8, "within
-noise" when it straddles it.
+PyTorch implementation (``benchmarks/torch_ref/``) of the same architecture, batch, image size
+and dtype (float32) started from the same parameters, checks that both compute the same thing
+(each cases module asserts it at build time; the parameter counts must match here), then times
+them alternately A, B, A, B after warm-up and reports the medians and their ratio (< 1: JAX is
+faster). Each turn times the mean of back-to-back calls filling ``--window`` seconds (one call
+for steps longer than that), and the ratio comes with a 90 % bootstrap interval over the paired
+turns: the issue's target (ratio <= 0.8) is "yes" / "no" when the whole interval is on one side
+of 0.8, "within noise" when it straddles it.
 
 Roofline columns: the FLOPs of one step counted by XLA's cost analysis of the compiled step,
 the achieved GFLOP/s of each implementation (the same FLOP count divided by its time) and the

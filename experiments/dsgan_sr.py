@@ -244,8 +244,9 @@ def scanner_data(hr: np.ndarray, preset: Preset, seed: int) -> dict[str, np.ndar
 
 def train_dsgan(train: dict, preset: Preset, workdir: Path, args) -> np.ndarray:
     """Train the downsampling GAN on unpaired crops; return its extracted kernel (13, 13)."""
-    generator = dsgan.DeepLinearGenerator(features=preset.gan_features)
-    discriminator = dsgan.PatchDiscriminator(features=preset.gan_features)
+    conv = dict(conv_general_dilated=args.conv_general_dilated)
+    generator = dsgan.DeepLinearGenerator(features=preset.gan_features, **conv)
+    discriminator = dsgan.PatchDiscriminator(features=preset.gan_features, **conv)
     steps = args.steps or preset.gan_steps
     # The paper's schedule periods (200 iterations between weight updates, learning rate / 10
     # every 750), shortened only for runs too short to see three weight updates.
@@ -297,7 +298,8 @@ def make_pairs(train: dict, kernel_hat: np.ndarray, gb_sigma: float, preset: Pre
         "GB": np.asarray(jax.jit(downsample_with_kernel)(hr, gaussian_kernel(sigma=gb_sigma))),
         "DSGAN": np.asarray(jax.jit(downsample_with_kernel)(hr, kernel_hat)),
     }
-    dsn = dsgan.DownsamplingNet(features=preset.dsn_features, num_layers=preset.dsn_layers)
+    dsn = dsgan.DownsamplingNet(features=preset.dsn_features, num_layers=preset.dsn_layers,
+                                conv_general_dilated=args.conv_general_dilated)
     steps = args.steps or preset.dsn_steps
     batch_fn = random_batches({"input": train["hr"], "target": train["lr"]},
                               batch_size=min(8, len(train["hr"])), seed=args.seed)
@@ -310,7 +312,8 @@ def make_pairs(train: dict, kernel_hat: np.ndarray, gb_sigma: float, preset: Pre
 def train_edsr(lr: np.ndarray, hr: np.ndarray, preset: Preset, workdir: Path, args,
                name: str):
     """One EDSR on a pair set; returns ``(module, variables)``."""
-    module = EDSR(num_blocks=preset.edsr_blocks, features=preset.edsr_features, scale=2)
+    module = EDSR(num_blocks=preset.edsr_blocks, features=preset.edsr_features, scale=2,
+                  conv_general_dilated=args.conv_general_dilated)
     steps = args.steps or preset.edsr_steps
     batch = args.batch_size or preset.edsr_batch
     batch_fn = _renamed(dsgan.sr_batches(lr, hr, lr_crop=preset.edsr_lr_crop, batch_size=batch,

@@ -235,19 +235,23 @@ def load_setting(slices: dict, preset: Preset, setting: str) -> dict[str, dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def build_model(method: str, preset: Preset, **overrides) -> nn.Module:
-    """The Flax module of a learned method (``overrides`` replace IFR-Net attributes)."""
+def build_model(method: str, preset: Preset, *,
+                conv_general_dilated: Callable = jax.lax.conv_general_dilated,
+                **overrides) -> nn.Module:
+    """The Flax module of a learned method (``overrides`` replace IFR-Net attributes), its
+    convolutions computed by ``conv_general_dilated``."""
+    conv = dict(conv_general_dilated=conv_general_dilated)
     if method == "IFR-Net":
         options = dict(num_stages=preset.ifr_stages, num_blocks=preset.ifr_blocks,
                        features=preset.ifr_features, real_valued=True)
-        return ifr.IFRNet(**{**options, **overrides})
+        return ifr.IFRNet(**{**options, **overrides}, **conv)
     if method == "ADMM-Net":
         return ifr.ADMMNet(num_stages=preset.admm_stages, real_valued=True)
     if method == "D5-C5":
         return DCCascade(num_cascades=5, convs_per_cascade=5, features=preset.dc_features,
-                         negative_slope=0.0)
+                         negative_slope=0.0, **conv)
     if method == "U-Net":
-        return UNetRecon(features=preset.unet_features)
+        return UNetRecon(features=preset.unet_features, **conv)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -365,7 +369,7 @@ def run_setting(setting: str, slices: dict, preset: Preset, workdir: Path, args)
 
     trained = {}
     for method in preset.learned:
-        module = build_model(method, preset)
+        module = build_model(method, preset, conv_general_dilated=args.conv_general_dilated)
         variables = train_method(method, module, data, preset, workdir / setting / method, args,
                                  steps=args.steps or preset.steps)
         trained[method] = (module, variables)
@@ -431,7 +435,8 @@ def run_ablations(slices: dict, preset: Preset, workdir: Path, args) -> dict:
     }
     per_slice = {}
     for name, options in variants.items():
-        module = build_model("IFR-Net", preset, **options)
+        module = build_model("IFR-Net", preset, **options,
+                             conv_general_dilated=args.conv_general_dilated)
         folder = workdir / "ablations" / name.replace(" ", "").replace("(", "_").replace(")", "")
         variables = train_method("IFR-Net", module, data, preset, folder, args,
                                  steps=preset.ablation_steps)

@@ -209,12 +209,14 @@ def load_acquisitions(data: str | None, preset: Preset, seed: int,
 # ------------------------------------------------------------------------- recon models
 
 
-def recon_module(preset: Preset, which: int) -> nn.Module:
-    """Recon model 1 (DC cascade) or 2 (U-Net)."""
+def recon_module(preset: Preset, which: int, *,
+                 conv_general_dilated=jax.lax.conv_general_dilated) -> nn.Module:
+    """Recon model 1 (DC cascade) or 2 (U-Net), convolving with ``conv_general_dilated``."""
     if which == 1:
         return DCCascade(num_cascades=preset.recon_cascades,
-                         convs_per_cascade=preset.recon_convs, features=preset.recon_features)
-    return UNetRecon(features=preset.unet_features)
+                         convs_per_cascade=preset.recon_convs, features=preset.recon_features,
+                         conv_general_dilated=conv_general_dilated)
+    return UNetRecon(features=preset.unet_features, conv_general_dilated=conv_general_dilated)
 
 
 def _recon_inputs(batch):
@@ -246,7 +248,7 @@ def train_recon(preset: Preset, which: int, data: dict, workdir: Path, args):
     A finished run is restored from its checkpoint (``fit`` returns at once) and its outputs
     are read from the cache ``recon<which>_outputs.npz``.
     """
-    module = recon_module(preset, which)
+    module = recon_module(preset, which, conv_general_dilated=args.conv_general_dilated)
     train = data["train"]
     variables = module.init(jax.random.key(args.seed), *_recon_inputs(
         {k: v[:1] for k, v in train.items()}))
@@ -295,8 +297,9 @@ def train_method(preset: Preset, config: isn.InvSharpConfig, method: str, data: 
              "zero_filled": data["train"]["zero_filled"]}
     states = isn.create_states(jax.random.key(args.seed), config, method,
                                (preset.image_size, preset.image_size),
-                               learning_rate=preset.learning_rate)
-    network = isn.build_network(config)
+                               learning_rate=preset.learning_rate,
+                               conv_general_dilated=args.conv_general_dilated)
+    network = isn.build_network(config, conv_general_dilated=args.conv_general_dilated)
     val = _val_subset(data, recon, preset)
 
     def eval_fn(state):
@@ -308,8 +311,9 @@ def train_method(preset: Preset, config: isn.InvSharpConfig, method: str, data: 
     print(f"[invsharp] training {label} ({method}, c={config.coeff}, "
           f"{_count(network.init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))['params']) / 1e6:.2f}M"
           " parameters)")
-    state = fit(train_step=isn.make_train_step(network, config, method,
-                                               isn.Critic(tuple(config.critic_features))),
+    critic = isn.Critic(tuple(config.critic_features),
+                        conv_general_dilated=args.conv_general_dilated)
+    state = fit(train_step=isn.make_train_step(network, config, method, critic),
                 state=states, batch_fn=random_batches(train, batch_size=args.batch_size,
                                                       seed=args.seed + 1),
                 num_steps=args.steps, key=jax.random.key(args.seed + 1),

@@ -260,36 +260,38 @@ NO_GAN = jr.LossWeights(perceptual=1.0, pixel=1e-2, rec=0.0, adversarial=0.0)
 REC_ONLY = jr.LossWeights(perceptual=0.0, pixel=0.0, rec=1.0, adversarial=0.0)
 
 
-def _joint(preset: Preset, variant: str) -> jr.JointRecSR:
+def _joint(preset: Preset, variant: str, conv) -> jr.JointRecSR:
     return jr.JointRecSR(variant=variant, sr_features=preset.sr_features,
                          sr_growth=preset.sr_growth, sr_blocks=preset.sr_blocks,
                          cond_features=preset.cond_features, rec_features=preset.rec_features,
                          rec_growth=preset.rec_growth, rec_blocks=preset.rec_blocks,
-                         tol=preset.deq_tol, max_iter=preset.deq_max_iter)
+                         tol=preset.deq_tol, max_iter=preset.deq_max_iter,
+                         conv_general_dilated=conv)
 
 
-def _rec(preset: Preset, factor: int) -> jr.PGDDEQ:
+def _rec(preset: Preset, factor: int, conv) -> jr.PGDDEQ:
     return jr.PGDDEQ(preset.rec_features, preset.rec_growth, preset.rec_blocks, factor=factor,
-                     tol=preset.deq_tol, max_iter=preset.deq_max_iter)
+                     tol=preset.deq_tol, max_iter=preset.deq_max_iter, conv_general_dilated=conv)
 
 
-def build(method: str, preset: Preset):
+def build(method: str, preset: Preset, conv_general_dilated=jax.lax.conv_general_dilated):
     """``(module, predict(variables, batch) -> outputs, weights, rec_target)`` of a learned model.
 
     ``method`` is a Table 1 / Table 3 row or a stage name (``Recon-SR/rec``, ``Recon-SR/sr``,
-    ``MoDL``).
+    ``MoDL``); the model convolves with ``conv_general_dilated``.
     """
+    conv = conv_general_dilated
     full = jr.LossWeights()
     if method in ("SR", "Recon-SR/sr"):
-        module = _joint(preset, "sr")
+        module = _joint(preset, "sr", conv)
         weights = dataclasses.replace(full, rec=0.0)
     elif method == "Recon+SR":
-        module, weights = _joint(preset, "sequential"), full
+        module, weights = _joint(preset, "sequential", conv), full
     elif method == "Proposed":
-        module, weights = _joint(preset, "proposed"), full
+        module, weights = _joint(preset, "proposed", conv), full
     elif method in ("Recon", "Recon-SR/rec"):
         factor = 2 if method == "Recon" else 1
-        module = _rec(preset, factor)
+        module = _rec(preset, factor, conv)
         maps_key = "maps_hr" if factor == 2 else "maps"
 
         def predict(variables, b, m=module, key=maps_key):
@@ -299,7 +301,8 @@ def build(method: str, preset: Preset):
         return module, predict, REC_ONLY, "target" if factor == 2 else "target_lr"
     elif method == "MoDL":
         module = DCCascade(num_cascades=preset.modl_cascades, convs_per_cascade=5,
-                           features=preset.modl_features, negative_slope=0.0)
+                           features=preset.modl_features, negative_slope=0.0,
+                           conv_general_dilated=conv)
 
         def predict(variables, b, m=module):
             return {"rec": m.apply(variables, b["zero_filled"], b["kspace"], b["mask"][:, None],
@@ -339,7 +342,8 @@ def train(method: str, train_split: dict, preset: Preset, workdir: Path, args) -
     loss) train ``warmup_steps + steps`` steps, so every model gets the same number of updates.
     The paper preset has no warm-up.
     """
-    module, predict, weights, rec_target = build(method, preset)
+    conv = args.conv_general_dilated
+    module, predict, weights, rec_target = build(method, preset, conv)
     steps = args.steps or preset.steps
     batch_size = args.batch_size or preset.batch_size
     key = jax.random.PRNGKey(args.seed)
@@ -353,7 +357,8 @@ def train(method: str, train_split: dict, preset: Preset, workdir: Path, args) -
         state = {"generator": create_train_state(module, optax.adam(preset.learning_rate),
                                                  variables)}
         state = fit(train_step=jr.make_train_step(predict, weights=warmup_weights(weights),
-                                                  rec_target=rec_target),
+                                                  rec_target=rec_target,
+                                                  conv_general_dilated=conv),
                     state=state, batch_fn=batch_fn, num_steps=warmup,
                     key=jax.random.fold_in(key, 3), workdir=workdir / "warmup",
                     checkpoint_every=max(warmup // 2, 1), keep_checkpoints=1,
@@ -364,12 +369,14 @@ def train(method: str, train_split: dict, preset: Preset, workdir: Path, args) -
         preset.learning_rate, {int(m): 0.5 for m in preset.milestones})
     state = {"generator": create_train_state(module, optax.adam(schedule), variables)}
     if weights.adversarial > 0:
-        disc = VGGDiscriminator(features=preset.disc_features, hidden=2 * preset.disc_features[-1])
+        disc = VGGDiscriminator(features=preset.disc_features, hidden=2 * preset.disc_features[-1],
+                                conv_general_dilated=conv)
         size = train_split["target"].shape[-1]
         d_vars = jax.jit(disc.init)(jax.random.fold_in(key, 1),
                                     jnp.zeros((1, size, size, 1), jnp.float32))
         state["discriminator"] = create_train_state(disc, optax.adam(schedule), d_vars)
-    state = fit(train_step=jr.make_train_step(predict, weights=weights, rec_target=rec_target),
+    state = fit(train_step=jr.make_train_step(predict, weights=weights, rec_target=rec_target,
+                                              conv_general_dilated=conv),
                 state=state, batch_fn=batch_fn, num_steps=steps, key=jax.random.fold_in(key, 2),
                 workdir=workdir, checkpoint_every=max(steps // 2, 1), keep_checkpoints=1,
                 log_every=max(steps // 10, 1), resume=args.resume,

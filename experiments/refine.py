@@ -70,6 +70,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -153,6 +154,8 @@ class Preset:
     # larger test fraction keeps about as many test slices as three orientations gave.
     orientation: str = "coronal"
     split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
+    # The networks' convolution (jaxmri.cpu.conv_for: the XLA:CPU one on a CPU device).
+    conv_general_dilated: Callable = jax.lax.conv_general_dilated
 
 
 PRESETS = {
@@ -246,12 +249,13 @@ class Programs:
 def programs(preset: Preset, seed: int) -> Programs:
     """Modules, jitted ``init``s (one program each instead of one per initialiser), the
     partially applied train steps and jitted inference of ``preset``."""
-    segmenter = make_segmenter(num_classes=NUM_CLASSES, features=preset.seg_features)
-    recnet = refine_model.make_recnet(features=preset.recnet_features)
-    refiner = refine_model.GatedRefinement(preset.refine_encoder, preset.refine_decoder)
+    conv = dict(conv_general_dilated=preset.conv_general_dilated)
+    segmenter = make_segmenter(num_classes=NUM_CLASSES, features=preset.seg_features, **conv)
+    recnet = refine_model.make_recnet(features=preset.recnet_features, **conv)
+    refiner = refine_model.GatedRefinement(preset.refine_encoder, preset.refine_decoder, **conv)
     depth = len(preset.disc_features)
     discriminator = PatchGAN(features=preset.disc_features, strides=(2,) * (depth - 1) + (1,),
-                             dropout_after=tuple(range(depth))[-3:])
+                             dropout_after=tuple(range(depth))[-3:], **conv)
 
     def reconstruct(recnet_vars, joint_vars, refiner_vars, batch):
         refined, base = refine_model.refined_forward(recnet, recnet_vars, refiner,
@@ -263,9 +267,9 @@ def programs(preset: Preset, seed: int) -> Programs:
         init_segmenter=jax.jit(segmenter.init), init_recnet=jax.jit(recnet.init),
         init_refiner=jax.jit(refiner.init), init_discriminator=jax.jit(discriminator.init),
         refine_step=functools.partial(refine_model.refine_train_step, recnet=recnet,
-                                      discriminator=discriminator, pool_seed=seed),
+                                      discriminator=discriminator, pool_seed=seed, **conv),
         joint_step=functools.partial(refine_model.joint_train_step,
-                                     discriminator=discriminator),
+                                     discriminator=discriminator, **conv),
         segment=jax.jit(functools.partial(predict_labels, segmenter)),
         reconstruct=jax.jit(reconstruct),
     )
@@ -503,7 +507,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.seeds is not None:
         return repeat_over_seeds(main, argv, args)
     setup = setup_from_args(args)
-    preset = _override(setup.preset, args.steps, args.batch_size)
+    preset = dataclasses.replace(_override(setup.preset, args.steps, args.batch_size),
+                                 conv_general_dilated=args.conv_general_dilated)
     workdir, seed = setup.workdir, args.seed
     print(f"[refine] preset {setup.preset_name}, workdir {workdir}, {jax.device_count()} "
           f"device(s)")

@@ -17,14 +17,9 @@ Conventions used everywhere in the package
 
 Sub-packages: :mod:`jaxmri.physics` (forward models), :mod:`jaxmri.metrics` (image quality),
 :mod:`jaxmri.nn` (Flax building blocks), :mod:`jaxmri.models` (one module per method),
-:mod:`jaxmri.data` (readers and sample construction), :mod:`jaxmri.train` (the one training loop).
+:mod:`jaxmri.data` (readers and sample construction), :mod:`jaxmri.train` (the one training loop),
+:mod:`jaxmri.cpu` (opt-in XLA:CPU settings and convolution; importing jaxmri changes nothing
+global).
 """
 
 __version__ = "0.1.0"
-
-# Must run before any JAX computation starts the backend: see jaxmri/xla_defaults.py (faster
-# multi-threaded CPU convolutions, and a step's temporaries reused instead of page-faulted in
-# again on every call; opt out with JAXMRI_XLA_DEFAULTS=0).
-from jaxmri import xla_defaults  # noqa: E402
-
-xla_defaults.apply()

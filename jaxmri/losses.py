@@ -27,7 +27,7 @@ a ``jax.random`` key first and returns the new pool.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -124,7 +124,8 @@ def feature_matching_loss(real_features: Sequence[jax.Array],
 
 
 def perceptual_loss(pred: jax.Array, target: jax.Array, *, net: str = "vgg16",
-                    layers: Sequence[int] = (4,), data_range: float = 1.0) -> jax.Array:
+                    layers: Sequence[int] = (4,), data_range: float = 1.0,
+                    conv_general_dilated: Callable = lax.conv_general_dilated) -> jax.Array:
     """Mean squared difference of pretrained feature maps, averaged over the chosen layers.
 
     Args:
@@ -134,6 +135,7 @@ def perceptual_loss(pred: jax.Array, target: jax.Array, *, net: str = "vgg16",
       layers: indices into those 5 taps; the default ``(4,)`` is VGG16's last convolutional
         feature map (relu5_3), the analogue of paper 003's final VGG19 feature map.
       data_range: value of white (see :func:`jaxmri.metrics.features`).
+      conv_general_dilated: the trunk's convolution implementation.
 
     Returns:
       Scalar ``mean_l mean (phi_l(pred) - phi_l(target))^2``.
@@ -145,8 +147,10 @@ def perceptual_loss(pred: jax.Array, target: jax.Array, *, net: str = "vgg16",
     if not layers or any(not 0 <= i < 5 for i in layers):
         raise ValueError(f"layers must be non-empty indices in [0, 5), got {layers}")
     # Two separate passes: a stacked one would also back-propagate through the target's trunk.
-    fake = pretrained_features(net, pred, data_range=data_range)
-    real = pretrained_features(net, lax.stop_gradient(target), data_range=data_range)
+    fake = pretrained_features(net, pred, data_range=data_range,
+                               conv_general_dilated=conv_general_dilated)
+    real = pretrained_features(net, lax.stop_gradient(target), data_range=data_range,
+                               conv_general_dilated=conv_general_dilated)
     terms = [jnp.mean((fake[i] - lax.stop_gradient(real[i])) ** 2) for i in layers]
     return sum(terms) / len(terms)
 

@@ -34,11 +34,12 @@ if "XLA_FLAGS" not in os.environ:
     candidate = f"{_FLAGS} {_COMPILE_FASTER}"
     os.environ["XLA_FLAGS"] = candidate if _xla_accepts(candidate) else _FLAGS
 
-# jaxmri's CPU default (jaxmri/xla_defaults.py) gives every convolution to XLA's multi-threaded
-# Eigen kernels. The suite already runs two single-process workers on the two cores, and two
-# workers each spinning two Eigen threads made it 15 % slower (10:22 vs ~9:00), so the tests keep
-# jaxlib's kernels; tests/test_xla_defaults.py checks the default in fresh subprocesses, and the
-# whole suite passed with it on (602 tests, 2026-11-21).
+# jaxmri.cpu.configure() (called by the experiments' and benchmarks' entry points, never on
+# import) gives every convolution to XLA's multi-threaded Eigen kernels. The suite already runs two
+# single-process workers on the two cores, and two workers each spinning two Eigen threads made it
+# 15 % slower (10:22 vs ~9:00), so the tests keep jaxlib's kernels: the opt-out below makes any
+# configure() call in the test processes a no-op. tests/cpu/test_cpu_settings.py and
+# tests/test_import_side_effects.py check the settings in fresh subprocesses.
 os.environ.setdefault("JAXMRI_XLA_DEFAULTS", "0")
 # Keep JAX deterministic and quiet on CPU.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -51,7 +51,9 @@ def test_rows_report_consistent_sizes(rows):
 
 
 def test_inverse_mode():
-    assert inverse_mode("implicit", 4) == Implicit(tol=1e-30, max_iter=4)
+    # Short adjoint solves unrolled (as jaxmri did implicitly before the option existed).
+    assert inverse_mode("implicit", 4) == Implicit(tol=1e-30, max_iter=4, unroll_adjoint=True)
+    assert inverse_mode("implicit", 32) == Implicit(tol=1e-30, max_iter=32)
     assert inverse_mode("unrolled", 4) == Unrolled(num_iter=4)
     with pytest.raises(ValueError):
         inverse_mode("scan", 4)

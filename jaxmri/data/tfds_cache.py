@@ -32,10 +32,20 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from jaxmri.data.slicing import SPLITS
 from jaxmri.data.sources import load_slices, source_kind
+
+# OpenCV, which tensorflow_datasets imports, edits LD_LIBRARY_PATH when it is imported (its
+# loader config); importing jaxmri must leave the environment alone, so the value is restored.
+_LD_LIBRARY_PATH = os.environ.get("LD_LIBRARY_PATH")
+import tensorflow_datasets as tfds  # noqa: E402, I001
+
+if os.environ.get("LD_LIBRARY_PATH") != _LD_LIBRARY_PATH:
+    if _LD_LIBRARY_PATH is None:
+        os.environ.pop("LD_LIBRARY_PATH", None)
+    else:
+        os.environ["LD_LIBRARY_PATH"] = _LD_LIBRARY_PATH
 
 __all__ = [
     "DEFAULT_DATA_DIR",

@@ -24,12 +24,14 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+from collections.abc import Callable
 from importlib import util as importlib_util
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxmri._checks import check_positive
 from jaxmri.metrics.quality import _as_batch, _check_image, _check_image_pair
@@ -46,18 +48,22 @@ _VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 5
 
 class AlexNetFeatures(nn.Module):
     """torchvision AlexNet convolutional trunk returning the 5 ReLU outputs (NHWC in and out)."""
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
         taps = []
-        x = nn.relu(Conv(64, (11, 11), strides=(4, 4), padding=2, name="conv1")(x))
+        x = nn.relu(Conv(64, (11, 11), strides=(4, 4), padding=2, name="conv1",
+                         conv_general_dilated=self.conv_general_dilated)(x))
         taps.append(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
-        x = nn.relu(Conv(192, (5, 5), padding=2, name="conv2")(x))
+        x = nn.relu(Conv(192, (5, 5), padding=2, name="conv2",
+                         conv_general_dilated=self.conv_general_dilated)(x))
         taps.append(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
         for i, width in enumerate((384, 256, 256)):
-            x = nn.relu(Conv(width, (3, 3), padding=1, name=f"conv{i + 3}")(x))
+            x = nn.relu(Conv(width, (3, 3), padding=1, name=f"conv{i + 3}",
+                             conv_general_dilated=self.conv_general_dilated)(x))
             taps.append(x)
         return taps
 
@@ -65,11 +71,14 @@ class AlexNetFeatures(nn.Module):
 class VGG16Features(nn.Module):
     """torchvision VGG16 convolutional trunk returning relu{1_2,2_2,3_3,4_3,5_3} (NHWC).
 
-    The convolutions are :class:`jaxmri.nn.layers.Conv` (Flax's, computed by jaxmri's CPU
-    plans): as a perceptual loss the trunk is differentiated in its input, and XLA:CPU's input
-    gradient of the 256-512 channel layers at 3-8 px is slow (an im2col product instead: the
-    VGG16 loss and its gradient at 4x48x48 took 186 -> 155 ms, PyTorch 193 ms).
+    The convolutions are :class:`jaxmri.nn.layers.Conv` computed by ``conv_general_dilated``.
+    As a perceptual loss the trunk is differentiated in its input, and XLA:CPU's input gradient
+    of the 256-512 channel layers at 3-8 px is slow; :data:`jaxmri.cpu.conv_general_dilated`
+    computes those as im2col products (the VGG16 loss and its gradient at 4x48x48 took 186 ->
+    155 ms, PyTorch 193 ms).
     """
+
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
@@ -78,7 +87,8 @@ class VGG16Features(nn.Module):
             if b > 0:
                 x = max_pool_2x2(x)
             for i, width in enumerate(widths):
-                x = nn.relu(Conv(width, (3, 3), padding=1, name=f"conv{b + 1}_{i + 1}")(x))
+                x = nn.relu(Conv(width, (3, 3), padding=1, name=f"conv{b + 1}_{i + 1}",
+                                 conv_general_dilated=self.conv_general_dilated)(x))
             taps.append(x)
         return taps
 
@@ -155,7 +165,8 @@ def _check_min_side(images, net: str, name: str) -> None:
                          f"net={net!r}, got spatial shape {hw}")
 
 
-def features(net: str, images, *, data_range: float = 1.0) -> list[jnp.ndarray]:
+def features(net: str, images, *, data_range: float = 1.0,
+             conv_general_dilated: Callable = lax.conv_general_dilated) -> list[jnp.ndarray]:
     """Pretrained ReLU feature maps of grayscale images (usable as a perceptual loss).
 
     Args:
@@ -164,6 +175,8 @@ def features(net: str, images, *, data_range: float = 1.0) -> list[jnp.ndarray]:
       images: real images ``(..., H, W)`` with values in ``[0, data_range]``.
       data_range: value of white; images are mapped to ``[-1, 1]``, replicated to RGB and
         ImageNet-normalised with LPIPS's fixed shift/scale before the trunk.
+      conv_general_dilated: the trunk's convolution implementation (see
+        :class:`jaxmri.nn.layers.Conv`).
 
     Returns:
       list of 5 arrays ``(..., h_i, w_i, C_i)`` (channels last).
@@ -174,14 +187,14 @@ def features(net: str, images, *, data_range: float = 1.0) -> list[jnp.ndarray]:
     if isinstance(data_range, (int, float)):
         check_positive(data_range, "data_range")
     _, variables = load_pretrained(net)
-    return _features(variables, images, data_range, net=net)
+    return _features(variables, images, data_range, net=net, conv=conv_general_dilated)
 
 
 # Weights enter the jitted cores as arguments, not closed-over constants, so that XLA does not
 # fold tens of megabytes of constants into every compiled program.
-@functools.partial(jax.jit, static_argnames=("net",))
-def _features(variables, images, data_range, *, net):
-    module, _ = load_pretrained(net)
+@functools.partial(jax.jit, static_argnames=("net", "conv"))
+def _features(variables, images, data_range, *, net, conv):
+    module = load_pretrained(net)[0].clone(conv_general_dilated=conv)
     x, lead = _normalised_input(images, data_range)
     return [t.reshape(lead + t.shape[1:]) for t in module.apply(variables, x)]
 
@@ -194,7 +207,8 @@ def _unit_normalise(f: jnp.ndarray, eps: float = 1e-10) -> jnp.ndarray:
     return f / (norm + eps)
 
 
-def lpips(pred, target, *, net: str = "alex", data_range: float = 1.0) -> jnp.ndarray:
+def lpips(pred, target, *, net: str = "alex", data_range: float = 1.0,
+          conv_general_dilated: Callable = lax.conv_general_dilated) -> jnp.ndarray:
     """LPIPS v0.1 perceptual distance per image (differentiable).
 
     For each tap ``l``: unit-normalise the features over channels, take the squared difference,
@@ -204,6 +218,7 @@ def lpips(pred, target, *, net: str = "alex", data_range: float = 1.0) -> jnp.nd
       pred, target: real grayscale images ``(..., H, W)`` in ``[0, data_range]``.
       net: ``"alex"`` (the LPIPS default) or ``"vgg16"``.
       data_range: value of white (see :func:`features`).
+      conv_general_dilated: the trunk's convolution implementation.
 
     Returns:
       ``(...)`` float array, 0 for identical images, larger is more different.
@@ -214,12 +229,13 @@ def lpips(pred, target, *, net: str = "alex", data_range: float = 1.0) -> jnp.nd
     if isinstance(data_range, (int, float)):
         check_positive(data_range, "data_range")
     _, variables = load_pretrained(net)
-    return _lpips(variables, _linear_weights(net), pred, target, data_range, net=net)
+    return _lpips(variables, _linear_weights(net), pred, target, data_range, net=net,
+                  conv=conv_general_dilated)
 
 
-@functools.partial(jax.jit, static_argnames=("net",))
-def _lpips(variables, linear_weights, pred, target, data_range, *, net):
-    module, _ = load_pretrained(net)
+@functools.partial(jax.jit, static_argnames=("net", "conv"))
+def _lpips(variables, linear_weights, pred, target, data_range, *, net, conv):
+    module = load_pretrained(net)[0].clone(conv_general_dilated=conv)
     x, lead = _normalised_input(pred, data_range)
     y, _ = _normalised_input(target, data_range)
     n = x.shape[0]

@@ -115,6 +115,7 @@ class DeepLinearGenerator(nn.Module):
     # KernelGAN's initialisation: Xavier normal with gain 0.1, so the initial kernel is small
     # and the bicubic term, not the random start, shapes it first.
     kernel_init: Callable = nn.initializers.variance_scaling(0.01, "fan_avg", "normal")
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @property
     def kernel_size(self) -> int:
@@ -130,7 +131,7 @@ class DeepLinearGenerator(nn.Module):
             x = Conv(1 if last else self.features, (k, k),
                         strides=(self.scale, self.scale) if last else (1, 1),
                         padding="VALID", use_bias=False, kernel_init=self.kernel_init,
-                        name=f"conv{i}")(x)
+                        name=f"conv{i}", conv_general_dilated=self.conv_general_dilated)(x)
         return x
 
 
@@ -174,6 +175,7 @@ class PatchDiscriminator(nn.Module):
     num_1x1: int = 6
     batch_norm: bool = True
     axis_name: str | None = AXIS_NAME
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False,
@@ -181,12 +183,15 @@ class PatchDiscriminator(nn.Module):
         _check_nhwc1(x, "x")
         h = jnp.concatenate([x, sobel_edges(x)], axis=-1)
         h = SpectralNormConv(self.features, (7, 7), coeff=1.0, padding="VALID",
-                             name="conv7")(h, update_stats=update_stats)
+                             name="conv7",
+                             conv_general_dilated=self.conv_general_dilated)(
+            h, update_stats=update_stats)
         for i in range(self.num_1x1):
             last = i == self.num_1x1 - 1
             # The operator norm of a 1x1 conv does not depend on the image size.
             h = SpectralNormConv(1 if last else self.features, (1, 1), coeff=1.0,
-                                 norm_shape=(1, 1), name=f"conv1x1_{i}")(
+                                 norm_shape=(1, 1), name=f"conv1x1_{i}",
+                                 conv_general_dilated=self.conv_general_dilated)(
                 h, update_stats=update_stats)
             if not last:
                 if self.batch_norm:
@@ -498,14 +503,17 @@ class DownsamplingNet(nn.Module):
 
     features: int = 32
     num_layers: int = 4
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         _check_nhwc1(x, "x")
-        h = nn.relu(Conv(self.features, (3, 3), strides=(2, 2), name="down")(x))
+        h = nn.relu(Conv(self.features, (3, 3), strides=(2, 2), name="down",
+                         conv_general_dilated=self.conv_general_dilated)(x))
         for i in range(self.num_layers - 2):
-            h = nn.relu(Conv(self.features, (3, 3), name=f"conv{i}")(h))
-        return Conv(1, (3, 3), name="out")(h)
+            h = nn.relu(Conv(self.features, (3, 3), name=f"conv{i}",
+                             conv_general_dilated=self.conv_general_dilated)(h))
+        return Conv(1, (3, 3), name="out", conv_general_dilated=self.conv_general_dilated)(h)
 
 
 def make_l1_train_step(*, input_key: str, target_key: str) -> Callable:

@@ -53,6 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxmri._checks import check_complex, check_ndim, check_positive, check_real
 from jaxmri.nn.dct import dct_filters, dct_kernel_init
@@ -364,6 +365,7 @@ class DenoisingBlock(nn.Module):
     w2_scale: float = 0.125
     plf_points: int = 101
     plf_threshold: float = 1.0 / 14.0
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, u: jax.Array, x: jax.Array) -> jax.Array:
@@ -371,10 +373,12 @@ class DenoisingBlock(nn.Module):
         k = (self.kernel_size, self.kernel_size)
         w1_init = _kernel_init(self.filter_init, adjoint=False, scale=1.0)
         w2_init = _kernel_init(self.filter_init, adjoint=True, scale=self.w2_scale)
-        c1 = Conv(self.features, k, padding="SAME", name="w1", kernel_init=w1_init)(u[..., None])
+        c1 = Conv(self.features, k, padding="SAME", name="w1", kernel_init=w1_init,
+                  conv_general_dilated=self.conv_general_dilated)(u[..., None])
         h = PiecewiseLinear(num_points=self.plf_points, threshold=self.plf_threshold,
                             per_channel=True, name="plf")(c1)
-        c2 = Conv(1, k, padding="SAME", name="w2", kernel_init=w2_init)(h)
+        c2 = Conv(1, k, padding="SAME", name="w2", kernel_init=w2_init,
+                  conv_general_dilated=self.conv_general_dilated)(h)
         mu1 = self.param("mu1", nn.initializers.constant(self.mu1), ())
         mu2 = self.param("mu2", nn.initializers.constant(self.mu2), ())
         return mu1 * u + mu2 * x - c2[..., 0]
@@ -407,12 +411,14 @@ class IFRNet(nn.Module):
     real_valued: bool = True
     rho: float = 0.02
     v: float = 0.008
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, kspace: jax.Array, mask: jax.Array, *, return_stages: bool = False):
         _check_measurements(kspace, mask)
         block = functools.partial(DenoisingBlock, features=self.features,
-                                  kernel_size=self.kernel_size, filter_init=self.filter_init)
+                                  kernel_size=self.kernel_size, filter_init=self.filter_init,
+                                  conv_general_dilated=self.conv_general_dilated)
         shared = ([block(name=f"shared_block{k}") for k in range(self.num_blocks)]
                   if self.share_weights else None)
         dtype = jnp.float32 if self.real_valued else jnp.complex64

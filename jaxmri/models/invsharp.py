@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from jaxmri.metrics import ms_ssim
 from jaxmri.nn.fixed_point import Unrolled
@@ -104,11 +105,15 @@ class InvSharpConfig:
         return Unrolled(num_iter=self.inverse_iterations)
 
 
-def build_network(config: InvSharpConfig) -> InvertibleSequence:
-    """The invertible network ``S`` of ``config`` (4 channels in, 4 out)."""
+def build_network(config: InvSharpConfig, *,
+                  conv_general_dilated: Callable = lax.conv_general_dilated
+                  ) -> InvertibleSequence:
+    """The invertible network ``S`` of ``config`` (4 channels in, 4 out), convolving with
+    ``conv_general_dilated`` (see :class:`jaxmri.nn.layers.Conv`)."""
     return InvertibleSequence(num_blocks=config.num_blocks, hidden=config.hidden,
                               depth=config.depth, coeff=config.coeff,
-                              power_iterations=config.power_iterations)
+                              power_iterations=config.power_iterations,
+                              conv_general_dilated=conv_general_dilated)
 
 
 class Critic(nn.Module):
@@ -120,14 +125,16 @@ class Critic(nn.Module):
     """
 
     features: Sequence[int] = (64, 128, 256)
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, image: jax.Array, condition: jax.Array) -> jax.Array:
         h = jnp.concatenate([image, condition], axis=-1)
         for feat in self.features:
-            conv = Conv(feat, (4, 4), strides=(2, 2))
+            conv = Conv(feat, (4, 4), strides=(2, 2),
+                        conv_general_dilated=self.conv_general_dilated)
             h = nn.leaky_relu(conv(h), 0.2)
-        logits = Conv(1, (1, 1))(h)
+        logits = Conv(1, (1, 1), conv_general_dilated=self.conv_general_dilated)(h)
         return jnp.mean(logits, axis=(1, 2, 3))
 
 
@@ -300,14 +307,16 @@ def make_train_step(network: InvertibleSequence, config: InvSharpConfig, method:
 
 
 def create_states(key: jax.Array, config: InvSharpConfig, method: Method, image_shape,
-                  *, learning_rate: float = 1e-3, critic_learning_rate: float = 1e-4) -> Any:
-    """Initial train state(s) for ``method`` on images of ``image_shape = (H, W)``.
+                  *, learning_rate: float = 1e-3, critic_learning_rate: float = 1e-4,
+                  conv_general_dilated: Callable = lax.conv_general_dilated) -> Any:
+    """Initial train state(s) for ``method`` on images of ``image_shape = (H, W)``; the states'
+    ``apply_fn`` convolve with ``conv_general_dilated``.
 
     Adam with the paper's learning rate 1e-3 for the network; the critic uses Adam 1e-4 with
     betas (0.5, 0.9) (WGAN-GP's choice; the paper gives no critic settings).
     """
     h, w = image_shape
-    network = build_network(config)
+    network = build_network(config, conv_general_dilated=conv_general_dilated)
     net_key, critic_key = jax.random.split(key)
     # Jitted: run eagerly, init compiled ~100 small programs one by one (cpu preset: 16 s;
     # jitted 14 s, mostly compiling the random initialisers).
@@ -317,7 +326,8 @@ def create_states(key: jax.Array, config: InvSharpConfig, method: Method, image_
                             model_state={k: v for k, v in variables.items() if k != "params"})
     if method != "cwgan":
         return gen
-    critic = Critic(features=tuple(config.critic_features))
+    critic = Critic(features=tuple(config.critic_features),
+                    conv_general_dilated=conv_general_dilated)
     dummy = jnp.zeros((1, h, w, 2), jnp.float32)
     crit = TrainState.create(apply_fn=critic.apply,
                              params=critic.init(critic_key, dummy, dummy)["params"],

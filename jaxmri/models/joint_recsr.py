@@ -19,7 +19,8 @@ Networks
 * :class:`PGDDEQ` (Rec module, eqs. 4-6): ``s = x - eta A^H (A x - b)``, ``x <- Gamma(s)`` with a
   trainable step ``eta`` and an RRDB proximal network ``Gamma`` (:class:`RRDBProximal`,
   residual: ``Gamma(s) = s + net(s)``), solved to its fixed point from ``x0 = A^H b`` by
-  :func:`jaxmri.nn.deq.deq_fixed_point` (deep equilibrium, Jacobian-free backprop).
+  :func:`jaxmri.nn.fixed_point.fixed_point` in :class:`~jaxmri.nn.fixed_point.JacobianFree` mode
+  (deep equilibrium, Jacobian-free backprop).
 * :class:`SRModule`: conv, ``num_blocks`` RRDB (or RRDB-SFT when a condition is given) blocks,
   a trunk conv with a long skip (as ESRGAN's RRDBNet), nearest x2 upsampling, conv + leaky
   ReLU, conv to one channel: the HR magnitude image.
@@ -45,11 +46,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxmri._checks import check_complex, check_ndim, check_positive
 from jaxmri.losses import discriminator_loss, generator_loss
 from jaxmri.metrics import features as pretrained_features
-from jaxmri.nn.deq import DEQInfo, deq_fixed_point
+from jaxmri.nn.fixed_point import FixedPointInfo, JacobianFree, fixed_point
 from jaxmri.nn.layers import Conv, channels_to_complex, complex_to_channels
 from jaxmri.nn.rrdb import RRDB, RRDBSFT, scaled_kaiming_init
 from jaxmri.physics import kspace_crop, kspace_zero_pad, sense_adjoint, sense_forward
@@ -143,14 +145,17 @@ class RRDBProximal(nn.Module):
     features: int = 32
     growth: int = 16
     num_blocks: int = 1
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, s: jax.Array) -> jax.Array:
-        h = Conv(self.features, (3, 3), kernel_init=scaled_kaiming_init(1.0))(
+        h = Conv(self.features, (3, 3), kernel_init=scaled_kaiming_init(1.0),
+                 conv_general_dilated=self.conv_general_dilated)(
             complex_to_channels(s))
         for _ in range(self.num_blocks):
-            h = RRDB(self.features, self.growth)(h)
-        out = Conv(2, (3, 3), kernel_init=nn.initializers.zeros)(h)
+            h = RRDB(self.features, self.growth, conv_general_dilated=self.conv_general_dilated)(h)
+        out = Conv(2, (3, 3), kernel_init=nn.initializers.zeros,
+                   conv_general_dilated=self.conv_general_dilated)(h)
         return s + channels_to_complex(out)
 
 
@@ -162,7 +167,8 @@ class PGDDEQ(nn.Module):
       factor: ``A = M H F C`` with this SR factor (1: the LR SENSE operator ``M F C``).
       eta_init: initial step size (trainable); the default ``factor^2`` is ``1 / ||A||^2`` for
         maps with unit sum of squares (``||A|| = 1 / factor``).
-      tol, max_iter: the forward fixed-point solve (see :func:`deq_fixed_point`).
+      tol, max_iter: the forward fixed-point solve (:class:`~jaxmri.nn.fixed_point.JacobianFree`:
+        stop at a relative step ``||x_k - x_{k-1}|| / ||x_k|| <= tol``).
     """
 
     features: int = 32
@@ -172,9 +178,10 @@ class PGDDEQ(nn.Module):
     eta_init: float | None = None
     tol: float = 1e-3
     max_iter: int = 20
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
-    def __call__(self, kspace, mask, maps) -> tuple[jax.Array, DEQInfo]:
+    def __call__(self, kspace, mask, maps) -> tuple[jax.Array, FixedPointInfo]:
         """``kspace`` ``(N, C, h, w)``, ``mask`` ``(N, h, w)``, ``maps`` ``(N, C, fh, fw)``.
 
         Returns ``(x, info)``: the reconstruction ``(N, fh, fw)`` complex64 and the solve's
@@ -185,7 +192,8 @@ class PGDDEQ(nn.Module):
         x0 = encode_adjoint(kspace, maps, mask, factor=factor)
         # An unbound definition (parent=None): its parameters live in this module's 'prox' entry
         # so that the DEQ solve can call it as a pure function of explicit parameters.
-        prox = RRDBProximal(self.features, self.growth, self.num_blocks, parent=None)
+        prox = RRDBProximal(self.features, self.growth, self.num_blocks, parent=None,
+                            conv_general_dilated=self.conv_general_dilated)
         eta0 = float(factor**2) if self.eta_init is None else self.eta_init
         params = {
             "prox": self.param("prox", lambda key: prox.init(key, x0[:1])["params"]),
@@ -197,8 +205,8 @@ class PGDDEQ(nn.Module):
             s = x - p["eta"] * encode_adjoint(residual, s_maps, m, factor=factor)
             return prox.apply({"params": p["prox"]}, s)
 
-        return deq_fixed_point(pgd_step, params, x0, kspace, mask, maps, tol=self.tol,
-                               max_iter=self.max_iter)
+        return fixed_point(pgd_step, params, x0, kspace, mask, maps,
+                           mode=JacobianFree(tol=self.tol, max_iter=self.max_iter))
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,20 +230,27 @@ class SRModule(nn.Module):
     growth: int = 32
     num_blocks: int = 23
     sft_hidden: int = 32
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array | None = None) -> jax.Array:
-        feat = Conv(self.features, (3, 3), name="conv_first")(x)
+        feat = Conv(self.features, (3, 3), name="conv_first",
+                    conv_general_dilated=self.conv_general_dilated)(x)
         h = feat
         for i in range(self.num_blocks):
             if cond is None:
-                h = RRDB(self.features, self.growth, name=f"block{i}")(h)
+                h = RRDB(self.features, self.growth, name=f"block{i}",
+                         conv_general_dilated=self.conv_general_dilated)(h)
             else:
-                h = RRDBSFT(self.features, self.growth, self.sft_hidden, name=f"block{i}")(h, cond)
-        feat = feat + Conv(self.features, (3, 3), name="conv_body")(h)
+                h = RRDBSFT(self.features, self.growth, self.sft_hidden, name=f"block{i}",
+                            conv_general_dilated=self.conv_general_dilated)(h, cond)
+        feat = feat + Conv(self.features, (3, 3), name="conv_body",
+                           conv_general_dilated=self.conv_general_dilated)(h)
         h = nearest_upsample(feat, 2)
-        h = nn.leaky_relu(Conv(self.features, (3, 3), name="conv_up")(h), 0.2)
-        return Conv(1, (3, 3), name="conv_last")(h)[..., 0]
+        h = nn.leaky_relu(Conv(self.features, (3, 3), name="conv_up",
+                               conv_general_dilated=self.conv_general_dilated)(h), 0.2)
+        return Conv(1, (3, 3), name="conv_last",
+                    conv_general_dilated=self.conv_general_dilated)(h)[..., 0]
 
 
 class JointRecSR(nn.Module):
@@ -258,6 +273,7 @@ class JointRecSR(nn.Module):
     rec_blocks: int = 1
     tol: float = 1e-3
     max_iter: int = 20
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, zero_filled, kspace, mask, maps) -> dict[str, jax.Array]:
@@ -266,16 +282,18 @@ class JointRecSR(nn.Module):
         check_complex(zero_filled, "zero_filled")
         check_ndim(zero_filled, "zero_filled", ndim=3)
         sr = SRModule(self.sr_features, self.sr_growth, self.sr_blocks, self.cond_features,
-                      name="sr")
+                      name="sr", conv_general_dilated=self.conv_general_dilated)
         if self.variant == "sr":
             return {"sr": sr(complex_to_channels(zero_filled))}
         rec, info = PGDDEQ(self.rec_features, self.rec_growth, self.rec_blocks, tol=self.tol,
-                           max_iter=self.max_iter, name="rec")(kspace, mask, maps)
+                           max_iter=self.max_iter, name="rec",
+                           conv_general_dilated=self.conv_general_dilated)(kspace, mask, maps)
         out = {"rec": rec, "num_iter": info.num_iter, "residual": info.residual}
         if self.variant == "sequential":
             out["sr"] = sr(complex_to_channels(rec))
         else:
-            cond = Conv(self.cond_features, (3, 3), name="rec_feature")(
+            cond = Conv(self.cond_features, (3, 3), name="rec_feature",
+                        conv_general_dilated=self.conv_general_dilated)(
                 complex_to_channels(rec))
             out["sr"] = sr(complex_to_channels(zero_filled), cond)
         return out
@@ -301,17 +319,21 @@ class LossWeights:
 
 
 def perceptual_l1_loss(pred: jax.Array, target: jax.Array, *, net: str = "vgg16",
-                       data_range: float = 1.0) -> jax.Array:
+                       data_range: float = 1.0,
+                       conv_general_dilated: Callable = lax.conv_general_dilated) -> jax.Array:
     """Eq. 8: mean over the 5 pretrained taps of the mean absolute feature difference.
 
     ``pred``, ``target``: real ``(..., H, W)`` in ``[0, data_range]`` (``H, W >= 16`` for
-    VGG16); the target's features carry no gradient. Returns a scalar.
+    VGG16); the target's features carry no gradient; ``conv_general_dilated`` is the trunk's
+    convolution implementation. Returns a scalar.
     """
     if np.shape(pred) != np.shape(target):
         raise ValueError(f"pred and target must have the same shape, got {np.shape(pred)} and "
                          f"{np.shape(target)}")
-    fake = pretrained_features(net, pred, data_range=data_range)
-    real = pretrained_features(net, jax.lax.stop_gradient(target), data_range=data_range)
+    fake = pretrained_features(net, pred, data_range=data_range,
+                               conv_general_dilated=conv_general_dilated)
+    real = pretrained_features(net, jax.lax.stop_gradient(target), data_range=data_range,
+                               conv_general_dilated=conv_general_dilated)
     terms = [jnp.mean(jnp.abs(f - jax.lax.stop_gradient(r))) for f, r in zip(fake, real,
                                                                              strict=True)]
     return sum(terms) / len(terms)
@@ -320,7 +342,8 @@ def perceptual_l1_loss(pred: jax.Array, target: jax.Array, *, net: str = "vgg16"
 Predict = Callable[[Mapping[str, Any], Mapping[str, jax.Array]], dict[str, jax.Array]]
 
 
-def make_train_step(predict: Predict, *, weights: LossWeights, rec_target: str = "target_lr"):
+def make_train_step(predict: Predict, *, weights: LossWeights, rec_target: str = "target_lr",
+                    conv_general_dilated: Callable = lax.conv_general_dilated):
     """``train_step(state, batch, key) -> (state, metrics)`` for :func:`jaxmri.train.fit`.
 
     Args:
@@ -332,6 +355,8 @@ def make_train_step(predict: Predict, *, weights: LossWeights, rec_target: str =
         logits ``(N,)``), else ``{'generator'}``.
       rec_target: batch key of the complex reconstruction target (``'target_lr'`` for the LR
         Rec module, ``'target'`` for an HR reconstruction).
+      conv_general_dilated: the convolution implementation of the perceptual loss's VGG16
+        (the networks' own is a field of their modules, inside ``predict``).
 
     The batch holds ``zero_filled``, ``kspace``, ``mask``, ``maps`` (LR), ``target`` (HR complex)
     and ``target_lr`` (LR complex). The HR magnitude target is ``|target|``. The discriminator
@@ -349,7 +374,8 @@ def make_train_step(predict: Predict, *, weights: LossWeights, rec_target: str =
             terms = {}
             if "sr" in out:
                 if weights.perceptual > 0:
-                    terms["perceptual"] = perceptual_l1_loss(out["sr"], hr)
+                    terms["perceptual"] = perceptual_l1_loss(
+                        out["sr"], hr, conv_general_dilated=conv_general_dilated)
                 if weights.pixel > 0:
                     terms["pixel"] = jnp.mean(jnp.abs(out["sr"] - hr))
                 if use_gan:

@@ -14,9 +14,10 @@ maps ``(N, C, H, W)`` (single-coil data: ``C = 1`` with maps of ones).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
+from jax import lax
 
 from jaxmri.nn.layers import Conv, channels_to_complex, complex_to_channels
 from jaxmri.nn.unet import UNet
@@ -41,6 +42,7 @@ class DCCascade(nn.Module):
     features: int = 64
     negative_slope: float = 0.01
     noise_lambda: float | None = None
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, zero_filled, kspace, mask, maps):
@@ -49,8 +51,9 @@ class DCCascade(nn.Module):
         for _ in range(self.num_cascades):
             h = complex_to_channels(x)
             for _ in range(self.convs_per_cascade - 1):
-                h = nn.leaky_relu(Conv(self.features, (3, 3))(h), self.negative_slope)
-            out = Conv(2, (3, 3))(h)
+                h = Conv(self.features, (3, 3), conv_general_dilated=self.conv_general_dilated)(h)
+                h = nn.leaky_relu(h, self.negative_slope)
+            out = Conv(2, (3, 3), conv_general_dilated=self.conv_general_dilated)(h)
             x = x + channels_to_complex(out)
             x = image_dc(x, kspace, mask, maps=maps, noise_lambda=self.noise_lambda)
         return x
@@ -64,11 +67,13 @@ class UNetRecon(nn.Module):
     """
 
     features: Sequence[int] = (32, 64, 128, 256)
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, zero_filled, kspace=None, mask=None, maps=None):
         """Reconstruct ``(N, H, W)`` complex from the zero-filled image (k-space unused)."""
         del kspace, mask, maps  # same call signature as DCCascade, no DC by design
-        residual = UNet(out_channels=2, features=tuple(self.features))(
+        residual = UNet(out_channels=2, features=tuple(self.features),
+                        conv_general_dilated=self.conv_general_dilated)(
             complex_to_channels(zero_filled))
         return zero_filled + channels_to_complex(residual)

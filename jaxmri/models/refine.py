@@ -43,7 +43,7 @@ produced by :func:`jaxmri.data.acquire_slices` with ``num_coils=1``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -82,16 +82,19 @@ __all__ = [
 _EPS = 1e-12
 
 
-def make_recnet(*, num_cascades: int = 3, convs_per_cascade: int = 3,
-                features: int = 32) -> DCCascade:
+def make_recnet(*, num_cascades: int = 3, convs_per_cascade: int = 3, features: int = 32,
+                conv_general_dilated: Callable = lax.conv_general_dilated) -> DCCascade:
     """Paper 003's RecNet: DC-CNN cascade with leaky ReLU 0.01 and hard data consistency."""
     return DCCascade(num_cascades=num_cascades, convs_per_cascade=convs_per_cascade,
-                     features=features, negative_slope=0.01)
+                     features=features, negative_slope=0.01,
+                     conv_general_dilated=conv_general_dilated)
 
 
-def _conv(features: int, kernel: int, *, gain: float, use_bias: bool) -> nn.Conv:
+def _conv(features: int, kernel: int, *, gain: float, use_bias: bool,
+          conv_general_dilated: Callable) -> nn.Conv:
     return Conv(features, (kernel, kernel), padding="SAME", use_bias=use_bias,
-                   kernel_init=nn.initializers.orthogonal(scale=gain))
+                kernel_init=nn.initializers.orthogonal(scale=gain),
+                conv_general_dilated=conv_general_dilated)
 
 
 class RefinementUNet(nn.Module):
@@ -110,6 +113,7 @@ class RefinementUNet(nn.Module):
     kernel_size: int = 4
     negative_slope: float = 0.1
     out_channels: int = 1
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
@@ -125,7 +129,8 @@ class RefinementUNet(nn.Module):
         gain = math.sqrt(2.0)
 
         def conv_bn_act(h, width):
-            h = _conv(width, self.kernel_size, gain=gain, use_bias=False)(h)
+            h = _conv(width, self.kernel_size, gain=gain, use_bias=False,
+                      conv_general_dilated=self.conv_general_dilated)(h)
             h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
             return nn.leaky_relu(h, self.negative_slope)
 
@@ -140,7 +145,8 @@ class RefinementUNet(nn.Module):
             x = conv_bn_act(x, width)
             x = jnp.concatenate([skip, x], axis=-1)
             x = conv_bn_act(conv_bn_act(x, width), width)
-        return _conv(self.out_channels, 1, gain=1.0, use_bias=True)(x)
+        return _conv(self.out_channels, 1, gain=1.0, use_bias=True,
+                     conv_general_dilated=self.conv_general_dilated)(x)
 
 
 def scale_to_unit_range(image: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -176,6 +182,7 @@ class GatedRefinement(nn.Module):
     decoder_features: Sequence[int] = (64, 32)
     kernel_size: int = 4
     negative_slope: float = 0.1
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, magnitude: jnp.ndarray, *, train: bool = False
@@ -184,7 +191,9 @@ class GatedRefinement(nn.Module):
             raise ValueError(f"magnitude must be (N, H, W), got shape {magnitude.shape}")
         scaled, lo, span = scale_to_unit_range(magnitude)
         v = RefinementUNet(self.encoder_features, self.decoder_features, self.kernel_size,
-                           self.negative_slope, out_channels=1)(scaled[..., None], train=train)
+                           self.negative_slope, out_channels=1,
+                           conv_general_dilated=self.conv_general_dilated)(scaled[..., None],
+                                                                           train=train)
         v = v[..., 0]
         gate = self.param("gate", nn.initializers.zeros, (), jnp.float32)
         return unscale_from_unit_range(scaled + gate * v, lo, span), v
@@ -283,7 +292,8 @@ def _discriminator_update(disc, discriminator: nn.Module, real, fake, key, *,
 def refine_train_step(state, batch, key, *, recnet: nn.Module, discriminator: nn.Module,
                       label_smoothing: float = 0.1, pool_prob: float = 0.5,
                       penalty_target: float = 0.1, vgg_layers: Sequence[int] = (4,),
-                      pool_seed: int = 0):
+                      pool_seed: int = 0,
+                      conv_general_dilated: Callable = lax.conv_general_dilated):
     """Stage 2: one generator (V and lambda) and one discriminator step; RecNet stays frozen.
 
     ``state`` is a dict: ``gen`` (TrainState of :class:`GatedRefinement`), ``disc``
@@ -314,7 +324,8 @@ def refine_train_step(state, batch, key, *, recnet: nn.Module, discriminator: nn
         raw = jnp.stack([
             generator_loss(fake_logits),
             feature_matching_loss(real_feats, fake_feats),
-            perceptual_loss(fake, real, layers=vgg_layers),
+            perceptual_loss(fake, real, layers=vgg_layers,
+                            conv_general_dilated=conv_general_dilated),
             jnp.mean(jnp.abs(v)),
         ])
         scales = _first_iteration_scales(state["scales"], raw, factors)
@@ -347,7 +358,8 @@ def refine_train_step(state, batch, key, *, recnet: nn.Module, discriminator: nn
 
 
 def joint_train_step(state, batch, key, *, discriminator: nn.Module,
-                     label_smoothing: float = 0.1, vgg_layers: Sequence[int] = (4,)):
+                     label_smoothing: float = 0.1, vgg_layers: Sequence[int] = (4,),
+                     conv_general_dilated: Callable = lax.conv_general_dilated):
     """DAGAN-style baseline: the reconstruction network trained jointly with
     ``L_MSE / K + L_adv / M + L_VGG / O`` (normalisers from the first step) against the
     discriminator, which is updated in the same step on the (un-pooled) reconstructions.
@@ -370,7 +382,8 @@ def joint_train_step(state, batch, key, *, discriminator: nn.Module,
         raw = jnp.stack([
             jnp.mean(jnp.abs(pred - batch["target"]) ** 2),
             generator_loss(fake_logits),
-            perceptual_loss(fake, real, layers=vgg_layers),
+            perceptual_loss(fake, real, layers=vgg_layers,
+                            conv_general_dilated=conv_general_dilated),
         ])
         scales = _first_iteration_scales(state["scales"], raw, jnp.ones((3,), jnp.float32))
         total = jnp.sum(raw / scales)

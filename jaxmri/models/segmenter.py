@@ -37,11 +37,14 @@ __all__ = [
 ]
 
 
-def make_segmenter(*, num_classes: int, features=(16, 32, 64, 128)) -> UNet:
-    """The segmentation U-Net: magnitude ``(N, H, W, 1)`` in, class logits ``(N, H, W, K)``."""
+def make_segmenter(*, num_classes: int, features=(16, 32, 64, 128),
+                   conv_general_dilated=jax.lax.conv_general_dilated) -> UNet:
+    """The segmentation U-Net: magnitude ``(N, H, W, 1)`` in, class logits ``(N, H, W, K)``;
+    its convolutions computed by ``conv_general_dilated``."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    return UNet(out_channels=int(num_classes), features=tuple(features), norm="instance")
+    return UNet(out_channels=int(num_classes), features=tuple(features), norm="instance",
+                conv_general_dilated=conv_general_dilated)
 
 
 def segmentation_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:

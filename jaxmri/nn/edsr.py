@@ -10,8 +10,11 @@ apply to single-channel MR magnitudes and is left out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
+from jax import lax
 
 from jaxmri._checks import check_ndim
 from jaxmri.nn.layers import Conv
@@ -25,11 +28,14 @@ class EDSRResBlock(nn.Module):
 
     features: int
     res_scale: float = 1.0
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.relu(Conv(self.features, (3, 3), name="conv0")(x))
-        h = Conv(self.features, (3, 3), name="conv1")(h)
+        h = nn.relu(Conv(self.features, (3, 3), name="conv0",
+                         conv_general_dilated=self.conv_general_dilated)(x))
+        h = Conv(self.features, (3, 3), name="conv1",
+                 conv_general_dilated=self.conv_general_dilated)(h)
         return x + self.res_scale * h
 
 
@@ -45,19 +51,25 @@ class EDSR(nn.Module):
     scale: int = 2
     res_scale: float = 1.0
     out_channels: int = 1
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         check_ndim(x, "x", ndim=4)
         if self.scale not in (1, 2, 3, 4):
             raise ValueError(f"scale must be 1, 2, 3 or 4, got {self.scale}")
-        head = Conv(self.features, (3, 3), name="head")(x)
+        head = Conv(self.features, (3, 3), name="head",
+                    conv_general_dilated=self.conv_general_dilated)(x)
         h = head
         for i in range(self.num_blocks):
-            h = EDSRResBlock(self.features, self.res_scale, name=f"block{i}")(h)
-        h = Conv(self.features, (3, 3), name="body_out")(h) + head
+            h = EDSRResBlock(self.features, self.res_scale, name=f"block{i}",
+                             conv_general_dilated=self.conv_general_dilated)(h)
+        h = Conv(self.features, (3, 3), name="body_out",
+                 conv_general_dilated=self.conv_general_dilated)(h) + head
         stages = (2, 2) if self.scale == 4 else ((self.scale,) if self.scale > 1 else ())
         for i, r in enumerate(stages):
-            h = Conv(self.features * r * r, (3, 3), name=f"upsample{i}")(h)
+            h = Conv(self.features * r * r, (3, 3), name=f"upsample{i}",
+                     conv_general_dilated=self.conv_general_dilated)(h)
             h = pixel_shuffle(h, r)
-        return Conv(self.out_channels, (3, 3), name="tail")(h)
+        return Conv(self.out_channels, (3, 3), name="tail",
+                    conv_general_dilated=self.conv_general_dilated)(h)

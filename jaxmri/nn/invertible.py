@@ -31,9 +31,12 @@ solver sees the branch as a pure function of its parameters with the state held 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxmri._checks import check_ndim
 from jaxmri.nn.fixed_point import FixedPointInfo, Implicit, Unrolled, invert_residual
@@ -74,6 +77,7 @@ class ResidualBranch(nn.Module):
     init_power_iterations: int = 100
     norm_shape: tuple[int, int] | None = None
     kernel_size: tuple[int, int] = (3, 3)
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array, *, update_stats: bool = False) -> jax.Array:
@@ -94,6 +98,7 @@ class ResidualBranch(nn.Module):
                 init_power_iterations=self.init_power_iterations,
                 norm_shape=self.norm_shape,
                 name=f"conv_{i}",
+                conv_general_dilated=self.conv_general_dilated,
             )(x, update_stats=update_stats)
         return x
 
@@ -116,6 +121,7 @@ class InvertibleResidualBlock(nn.Module):
     init_power_iterations: int = 100
     norm_shape: tuple[int, int] | None = None
     kernel_size: tuple[int, int] = (3, 3)
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     def _branch_config(self) -> dict:
         return dict(
@@ -131,7 +137,8 @@ class InvertibleResidualBlock(nn.Module):
     def setup(self):
         if not 0 < self.coeff < 1:
             raise ValueError(f"coeff must be in (0, 1) for an invertible block, got {self.coeff}")
-        self.branch = ResidualBranch(**self._branch_config())
+        self.branch = ResidualBranch(**self._branch_config(),
+                                     conv_general_dilated=self.conv_general_dilated)
 
     def __call__(self, x: jax.Array, *, update_stats: bool = False) -> jax.Array:
         _check_image(x, "x")
@@ -149,7 +156,8 @@ class InvertibleResidualBlock(nn.Module):
         variables = self.branch.variables
         spectral = variables["spectral"]
         # A detached copy of the branch, applied functionally: the solver needs g(params, x).
-        branch_fn = ResidualBranch(**self._branch_config(), parent=None)
+        branch_fn = ResidualBranch(**self._branch_config(), parent=None,
+                                   conv_general_dilated=self.conv_general_dilated)
 
         def g(params, x):
             return branch_fn.apply({"params": params, "spectral": spectral}, x)
@@ -179,6 +187,7 @@ class InvertibleSequence(nn.Module):
     init_power_iterations: int = 100
     norm_shape: tuple[int, int] | None = None
     kernel_size: tuple[int, int] = (3, 3)
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     def setup(self):
         if int(self.num_blocks) != self.num_blocks or self.num_blocks < 1:
@@ -192,6 +201,7 @@ class InvertibleSequence(nn.Module):
                 init_power_iterations=self.init_power_iterations,
                 norm_shape=self.norm_shape,
                 kernel_size=self.kernel_size,
+                conv_general_dilated=self.conv_general_dilated,
             )
             for _ in range(self.num_blocks)
         ]

@@ -20,11 +20,12 @@ mask is shared over ``H`` and ``W``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from jaxmri.nn.layers import Conv
 
@@ -65,6 +66,7 @@ class PatchGAN(nn.Module):
     dropout_after: Sequence[int] = (3, 4, 5)
     dropout_rate: float = 0.5
     init_stddev: float = 0.02
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False
@@ -85,7 +87,8 @@ class PatchGAN(nn.Module):
         for i, (width, stride) in enumerate(zip(self.features, self.strides, strict=True)):
             normalised = i > 0 and self.norm != "none"
             x = Conv(width, k, strides=(stride, stride), padding="SAME",
-                        use_bias=not normalised, kernel_init=init)(x)
+                        use_bias=not normalised, kernel_init=init,
+                     conv_general_dilated=self.conv_general_dilated)(x)
             if normalised and self.norm == "batch":
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                                  scale_init=_bn_scale_init)(x)
@@ -96,5 +99,6 @@ class PatchGAN(nn.Module):
                 x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2),
                                deterministic=not train)(x)
             taps.append(x)
-        logits = Conv(1, k, padding="SAME", kernel_init=init)(x)
+        logits = Conv(1, k, padding="SAME", kernel_init=init,
+                      conv_general_dilated=self.conv_general_dilated)(x)
         return logits, taps

@@ -22,9 +22,12 @@ and zero biases, which keeps deep stacks of residual blocks close to the identit
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxmri.nn.layers import Conv
 
@@ -57,6 +60,7 @@ class ResidualDenseBlock(nn.Module):
     growth: int = 32
     beta: float = 0.2
     init_scale: float = 0.1
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -65,10 +69,12 @@ class ResidualDenseBlock(nn.Module):
         init = scaled_kaiming_init(self.init_scale)
         parts = [x]
         for i in range(4):
-            h = Conv(self.growth, (3, 3), kernel_init=init, name=f"conv{i + 1}")(
+            h = Conv(self.growth, (3, 3), kernel_init=init, name=f"conv{i + 1}",
+                     conv_general_dilated=self.conv_general_dilated)(
                 jnp.concatenate(parts, axis=-1))
             parts.append(nn.leaky_relu(h, 0.2))
-        out = Conv(self.features, (3, 3), kernel_init=init, name="conv5")(
+        out = Conv(self.features, (3, 3), kernel_init=init, name="conv5",
+                   conv_general_dilated=self.conv_general_dilated)(
             jnp.concatenate(parts, axis=-1))
         return x + self.beta * out
 
@@ -80,6 +86,7 @@ class RRDB(nn.Module):
     growth: int = 32
     beta: float = 0.2
     init_scale: float = 0.1
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -88,7 +95,8 @@ class RRDB(nn.Module):
         out = x
         for i in range(3):
             out = ResidualDenseBlock(self.features, self.growth, self.beta, self.init_scale,
-                                     name=f"rdb{i + 1}")(out)
+                                     name=f"rdb{i + 1}",
+                                     conv_general_dilated=self.conv_general_dilated)(out)
         return x + self.beta * out
 
 
@@ -104,6 +112,7 @@ class SFTLayer(nn.Module):
     features: int = 64
     hidden: int = 32
     negative_slope: float = 0.1
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
@@ -114,8 +123,10 @@ class SFTLayer(nn.Module):
                              f"{cond.shape}")
 
         def branch(name: str) -> jax.Array:
-            h = Conv(self.hidden, (1, 1), name=f"{name}_conv0")(cond)
-            return Conv(self.features, (1, 1), name=f"{name}_conv1")(
+            h = Conv(self.hidden, (1, 1), name=f"{name}_conv0",
+                     conv_general_dilated=self.conv_general_dilated)(cond)
+            return Conv(self.features, (1, 1), name=f"{name}_conv1",
+                        conv_general_dilated=self.conv_general_dilated)(
                 nn.leaky_relu(h, self.negative_slope))
 
         return x * (branch("scale") + 1.0) + branch("shift")
@@ -129,6 +140,7 @@ class RRDBSFT(nn.Module):
     sft_hidden: int = 32
     beta: float = 0.2
     init_scale: float = 0.1
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
@@ -136,7 +148,9 @@ class RRDBSFT(nn.Module):
         _check_features(x, self.features, "x")
         out = x
         for i in range(3):
-            out = SFTLayer(self.features, self.sft_hidden, name=f"sft{i + 1}")(out, cond)
+            out = SFTLayer(self.features, self.sft_hidden, name=f"sft{i + 1}",
+                           conv_general_dilated=self.conv_general_dilated)(out, cond)
             out = ResidualDenseBlock(self.features, self.growth, self.beta, self.init_scale,
-                                     name=f"rdb{i + 1}")(out)
+                                     name=f"rdb{i + 1}",
+                                     conv_general_dilated=self.conv_general_dilated)(out)
         return x + self.beta * out

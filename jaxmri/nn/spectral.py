@@ -4,8 +4,8 @@ The Lipschitz constant of a convolution layer is the operator norm (largest sing
 the *convolution operator* acting on ``(H, W, C_in)`` images, which for kernels larger than 1x1
 is not the norm of the kernel reshaped to a ``[k*k*C_in, C_out]`` matrix. It is estimated by power
 iteration on the operator and its transpose (the transpose is the convolution with the flipped,
-feature-swapped kernel and the complementary padding, :func:`jaxmri.nn.layers.
-conv_transpose_stride1`, tested against ``jax.linear_transpose`` of the bias-free convolution)::
+feature-swapped kernel and the complementary padding, :func:`conv_transpose_stride1`, tested
+against ``jax.linear_transpose`` of the bias-free convolution)::
 
     v <- normalize(conv^T(u)),   u <- normalize(conv(v)),   sigma = <u, conv(v)>
 
@@ -62,12 +62,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxmri._checks import check_ndim
-from jaxmri.nn.layers import (add_bias, conv_general_dilated, conv_transpose_stride1,
-                              kernel_tangent_conv)
+from jaxmri.nn.layers import bias_adder
 
 __all__ = [
     "SpectralNormConv", "operator_norm", "conv_nhwc", "power_iteration", "spectral_sigma",
-    "kernel_correlation",
+    "kernel_correlation", "conv_transpose_stride1",
 ]
 
 _EPS = 1e-12
@@ -83,11 +82,40 @@ def conv_nhwc(x: jax.Array, kernel: jax.Array, *, padding: str = "SAME") -> jax.
 
 
 def _sum_of_squares(x: jax.Array) -> jax.Array:
-    """``sum(x ** 2)`` as the trace of an 8 x 8 Gram matrix: a matrix product, where XLA:CPU's
-    reduce over a power-iteration vector (a slow reduce-window) took 2.7x as long."""
-    rows = 8 if x.size % 8 == 0 else 1
-    m = x.reshape(rows, -1)
-    return jnp.trace(jnp.dot(m, m.T, precision=lax.Precision.HIGHEST))
+    """``sum(x ** 2)`` of a real array, as the inner product ``<x, x>``."""
+    return jnp.vdot(x, x, precision=lax.Precision.HIGHEST)
+
+
+def conv_transpose_stride1(y: jnp.ndarray, kernel: jnp.ndarray, pads,
+                           precision=None) -> jnp.ndarray:
+    """The adjoint of the stride-1 NHWC / HWIO convolution with zero ``pads``, applied to ``y``.
+
+    ``<conv(x, kernel), y> = <x, conv_transpose_stride1(y, kernel)>``, computed as a forward
+    convolution of ``y`` with the spatially flipped, feature-swapped kernel. JAX's own transpose
+    (``jax.linear_transpose``, ``jax.vjp``) is the same convolution with the kernel in ``HWOI``
+    order, which XLA:CPU rewrites to its canonical layout only outside loops: traced inside a
+    ``while_loop`` body (the power iteration at ``init``) it is a naive loop. Here the kernel is
+    rearranged once, so the convolution is canonical wherever it is traced (and it is an
+    ordinary forward convolution on every backend).
+
+    Args:
+      y: ``(N, H', W', C_out)``, the convolution's output shape.
+      kernel: ``(kh, kw, C_in, C_out)``.
+      pads: ``((top, bottom), (left, right))`` of the forward convolution, each at most
+        ``k - 1`` (as ``"SAME"`` and ``"VALID"`` give).
+
+    Returns:
+      ``(N, H' + kh - 1 - top - bottom, W' + kw - 1 - left - right, C_in)``: the input shape.
+    """
+    kh, kw = kernel.shape[:2]
+    (top, bottom), (left, right) = pads
+    if not (0 <= min(top, bottom) and max(top, bottom) < kh
+            and 0 <= min(left, right) and max(left, right) < kw):
+        raise ValueError(f"pads {pads} must lie in [0, k - 1] for a {kh}x{kw} kernel")
+    adjoint_kernel = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    adjoint_pads = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
+    return lax.conv_general_dilated(y, adjoint_kernel, (1, 1), adjoint_pads,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
 
 
 def _normalize(x: jax.Array) -> jax.Array:
@@ -134,42 +162,46 @@ def power_iteration(
 
 
 def kernel_correlation(u: jax.Array, v: jax.Array, kernel_shape: Sequence[int], *,
-                       padding: str) -> jax.Array:
+                       padding: str,
+                       conv_general_dilated: Callable = lax.conv_general_dilated) -> jax.Array:
     """``C`` with ``<u, conv(v, K)> = <K, C>`` for every kernel ``K``: the gradient of that
     inner product with respect to the kernel (the "weight gradient" of a conv layer).
 
-    ``C[i, j, c, o] = sum_{n, h, w} v_pad[n, h + i, w + j, c] * u[n, h, w, o]``, computed as the
-    transpose of :func:`jaxmri.nn.layers.kernel_tangent_conv` (the conv written as a linear map
-    of its kernel in the form XLA:CPU differentiates fastest). For the batch-1 vectors of the
-    power iteration, XLA's own weight gradient is slow on the CPU (3.4-4.0 ms for 32 -> 32
-    channels at 48 px on 2 cores; one matrix product per tap: 1.2 ms; tiled: 0.7 ms).
+    ``C[i, j, c, o] = sum_{n, h, w} v_pad[n, h + i, w + j, c] * u[n, h, w, o]``, computed as
+    the reverse-mode kernel gradient of ``conv_general_dilated`` (so by the given
+    implementation's own kernel gradient; the XLA:CPU one's is several times faster for the
+    batch-1 vectors of the power iteration).
 
     Args:
       u: ``(N, H', W', C_out)``, shaped like the conv output.
       v: ``(N, H, W, C_in)``, shaped like the conv input.
       kernel_shape: ``(kh, kw, C_in, C_out)`` (HWIO).
       padding: ``"SAME"`` or ``"VALID"`` as in :func:`conv_nhwc`.
+      conv_general_dilated: the convolution implementation (``lax.conv_general_dilated``'s
+        signature).
 
     Returns:
       ``C``, shaped ``kernel_shape``, in the dtype of ``u * v``.
     """
-    kh, kw = int(kernel_shape[0]), int(kernel_shape[1])
-    pads = tuple(lax.padtype_to_pads(v.shape[1:3], (kh, kw), (1, 1), padding))
     dtype = jnp.result_type(u, v)
     v = v.astype(dtype)
     kernel = jnp.zeros(tuple(int(k) for k in kernel_shape), dtype)
-    transpose = jax.linear_transpose(lambda k: kernel_tangent_conv(v, k, pads), kernel)
-    return transpose(u.astype(dtype))[0]
+    # The conv is linear in its kernel: the VJP at any kernel (here zero) is the correlation.
+    _, vjp_fn = jax.vjp(lambda k: conv_general_dilated(
+        v, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")), kernel)
+    return vjp_fn(u.astype(dtype))[0]
 
 
-def spectral_sigma(kernel: jax.Array, u: jax.Array, v: jax.Array, *, padding: str) -> jax.Array:
+def spectral_sigma(kernel: jax.Array, u: jax.Array, v: jax.Array, *, padding: str,
+                   conv_general_dilated: Callable = lax.conv_general_dilated) -> jax.Array:
     """Power-iteration estimate ``<u, conv(v)>`` of the conv operator norm (differentiable).
 
     Evaluated as ``<kernel, kernel_correlation(u, v)>`` (the same number, because the conv is
     linear in its kernel): the gradient with respect to the kernel is then the correlation itself,
-    with no convolution weight-gradient pass, which is what makes it cheap on the CPU.
+    with no second convolution pass.
     """
-    return jnp.vdot(kernel, kernel_correlation(u, v, kernel.shape, padding=padding))
+    return jnp.vdot(kernel, kernel_correlation(u, v, kernel.shape, padding=padding,
+                                               conv_general_dilated=conv_general_dilated))
 
 
 def operator_norm(
@@ -226,6 +258,10 @@ class SpectralNormConv(nn.Module):
       padding: ``"SAME"`` (zero padding) or ``"VALID"``.
       norm_shape: ``(H, W)`` at which the norm is estimated; ``None`` uses the input's at init.
       kernel_init, bias_init: Flax initialisers.
+      conv_general_dilated: the convolution implementation (default ``lax.conv_general_dilated``;
+        :data:`jaxmri.cpu.conv_general_dilated` on the CPU), used for the layer's convolution
+        and for ``sigma``'s kernel gradient; the power iteration (forward only, under
+        ``stop_gradient``) uses plain convolutions.
 
     Call: ``layer.apply(variables, x, update_stats=False)`` with ``x`` NHWC ``(N, H, W, C_in)``
     real float; returns ``(N, H', W', features)``. With ``update_stats=True`` pass
@@ -243,6 +279,7 @@ class SpectralNormConv(nn.Module):
     norm_shape: tuple[int, int] | None = None
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros_init()
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     def _initial_state(self, kernel, v_shape):
         # A random start underestimates sigma badly (about half the norm for 3x3 convs, whose top
@@ -296,16 +333,15 @@ class SpectralNormConv(nn.Module):
             )
             u_var.value, v_var.value = u, v
 
-        sigma = spectral_sigma(kernel, u, v, padding=self.padding)
+        sigma = spectral_sigma(kernel, u, v, padding=self.padding,
+                               conv_general_dilated=self.conv_general_dilated)
         self.sow("intermediates", "sigma", sigma)
         kernel = kernel / jnp.maximum(1.0, sigma / self.coeff)
 
         dtype = jnp.result_type(x, kernel)
-        # jaxmri's conv (same values), with its faster CPU gradients (jaxmri.nn.layers.conv_plan):
-        # InvSharpNet's 4-channel first and last branch layers, batches of 1-4.
-        y = conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (1, 1), self.padding,
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = self.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (1, 1), self.padding,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,))
-            y = add_bias(y, bias.astype(dtype))
+            y = bias_adder(self.conv_general_dilated)(y, bias.astype(dtype))
         return y

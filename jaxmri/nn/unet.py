@@ -12,11 +12,12 @@ Used as recon model 2 in InvSharpNet (paper 000), the zero-filled baseline of IF
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from jaxmri.nn.layers import Conv, avg_pool_2x2
 
@@ -41,12 +42,14 @@ class ConvBlock(nn.Module):
     kernel_size: int = 3
     norm: Norm = "instance"
     negative_slope: float = 0.2
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
         for _ in range(2):
             x = Conv(self.features, (self.kernel_size,) * 2, padding="SAME",
-                        use_bias=self.norm == "none")(x)
+                        use_bias=self.norm == "none",
+                     conv_general_dilated=self.conv_general_dilated)(x)
             x = _normalise(x, self.norm, train)
             x = nn.leaky_relu(x, self.negative_slope)
         return x
@@ -69,6 +72,7 @@ class UNet(nn.Module):
     kernel_size: int = 3
     norm: Norm = "instance"
     negative_slope: float = 0.2
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
@@ -85,13 +89,16 @@ class UNet(nn.Module):
                      negative_slope=self.negative_slope)
         skips = []
         for feat in self.features[:-1]:
-            x = ConvBlock(feat, **block)(x, train=train)
+            x = ConvBlock(feat, **block,
+                          conv_general_dilated=self.conv_general_dilated)(x, train=train)
             skips.append(x)
             x = avg_pool_2x2(x)
-        x = ConvBlock(self.features[-1], **block)(x, train=train)
+        x = ConvBlock(self.features[-1], **block,
+                      conv_general_dilated=self.conv_general_dilated)(x, train=train)
         for feat, skip in zip(reversed(self.features[:-1]), reversed(skips), strict=True):
             x = nn.ConvTranspose(feat, (2, 2), strides=(2, 2), use_bias=self.norm == "none")(x)
             x = _normalise(x, self.norm, train)
             x = nn.leaky_relu(x, self.negative_slope)
-            x = ConvBlock(feat, **block)(jnp.concatenate([x, skip], axis=-1), train=train)
-        return Conv(self.out_channels, (1, 1))(x)
+            x = ConvBlock(feat, **block, conv_general_dilated=self.conv_general_dilated)(
+                jnp.concatenate([x, skip], axis=-1), train=train)
+        return Conv(self.out_channels, (1, 1), conv_general_dilated=self.conv_general_dilated)(x)

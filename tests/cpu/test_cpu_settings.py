@@ -1,5 +1,5 @@
-"""jaxmri's XLA:CPU defaults: when the flags and malloc options are set, and that they take
-effect (convolutions leave YNNPACK; a step's temporaries stop costing page faults)."""
+"""jaxmri.cpu.configure(): when the flags and malloc options are set, and that they take effect
+(convolutions leave YNNPACK; a step's temporaries stop costing page faults)."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import sys
 import jax
 import pytest
 
-from jaxmri import xla_defaults
+from jaxmri.cpu import settings as xla_defaults
 
 FLAG = xla_defaults.CPU_CONV_FLAG
 HEAP = xla_defaults.TEMP_HEAP_FLAG
@@ -59,40 +59,46 @@ def test_malloc_options_are_the_documented_glibc_parameters():
     assert int(HEAP.split("=")[1]) <= 64 * 2**20 // 2
 
 
-def _apply_without_mallopt(monkeypatch, environ):
+def _configure_without_mallopt(monkeypatch, environ):
     calls = []
     monkeypatch.setattr(xla_defaults, "_set_malloc_options", calls.append)
-    return xla_defaults.apply(environ), calls
+    return xla_defaults.configure(environ), calls
 
 
-def test_apply_keeps_the_users_other_flags(monkeypatch):
+def test_configure_keeps_the_users_other_flags(monkeypatch):
     monkeypatch.setattr(xla_defaults, "_jaxlib_minor", lambda: VERIFIED)
-    monkeypatch.setattr(xla_defaults, "_backend_started", lambda: False)
-    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    assert _apply_without_mallopt(monkeypatch, environ)[0] == [FLAG, HEAP]
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    assert _configure_without_mallopt(monkeypatch, environ)[0] == [FLAG, HEAP]
     assert environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=4", FLAG, HEAP]
-    assert _apply_without_mallopt(monkeypatch, environ)[0] == []  # idempotent: already set
+    assert _configure_without_mallopt(monkeypatch, environ)[0] == []  # idempotent: already set
     assert environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=4", FLAG, HEAP]
 
 
-def test_apply_warns_instead_of_pretending_once_the_backend_has_started(monkeypatch):
+@pytest.mark.parametrize("platforms, expected", [("cpu", True), ("cuda", False), ("tpu", False),
+                                                 ("cuda,cpu", False), ("cpu,cuda", True)])
+def test_configure_does_nothing_when_jax_will_run_on_an_accelerator(monkeypatch, platforms,
+                                                                    expected):
     monkeypatch.setattr(xla_defaults, "_jaxlib_minor", lambda: VERIFIED)
-    monkeypatch.setattr(xla_defaults, "_backend_started", lambda: True)
-    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    with pytest.warns(RuntimeWarning, match="Import jaxmri first"):
-        flags, malloc_calls = _apply_without_mallopt(monkeypatch, environ)
-    assert flags == []
-    assert environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
-    # The malloc options act at once, so they are still set (when the platform has them).
-    assert malloc_calls == [xla_defaults.malloc_options_to_set(
-        environ, xla_defaults.platform.libc_ver()[0], xla_defaults.sys.platform)]
+    environ = {"JAX_PLATFORMS": platforms}
+    assert xla_defaults.cpu_backend_expected(environ) is expected
+    flags, malloc_calls = _configure_without_mallopt(monkeypatch, environ)
+    assert (flags == [FLAG, HEAP]) is expected and bool(malloc_calls) is expected
+    assert ("XLA_FLAGS" in environ) is expected
+
+
+def test_without_jax_platforms_an_installed_accelerator_plugin_decides(monkeypatch):
+    monkeypatch.setattr(xla_defaults, "_accelerator_plugins", lambda: ["xla_cuda12"])
+    assert not xla_defaults.cpu_backend_expected({})
+    monkeypatch.setattr(xla_defaults, "_accelerator_plugins", lambda: [])
+    assert xla_defaults.cpu_backend_expected({})
 
 
 _PROBE = r"""
 import json, re, sys
 import numpy as np
 import jax, jax.numpy as jnp
-import jaxmri
+import jaxmri.cpu
+jaxmri.cpu.configure()
 conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
 rng = np.random.default_rng(0)
@@ -130,7 +136,7 @@ def _probe(source=_PROBE, **env_changes):
 
 @pytest.mark.skipif(xla_defaults._jaxlib_minor() not in xla_defaults.VERIFIED_JAXLIB
                     or jax.default_backend() != "cpu", reason="flag applies to verified CPU jaxlib")
-def test_importing_jaxmri_moves_convolutions_off_ynnpack_with_the_same_values():
+def test_configure_moves_convolutions_off_ynnpack_with_the_same_values():
     default = _probe()
     assert FLAG in default["flags"].split()
     assert "__ynn_fusion" not in default["kinds"], default
@@ -145,7 +151,8 @@ _FAULTS_PROBE = r"""
 import json, resource, sys
 import numpy as np
 import jax, jax.numpy as jnp
-import jaxmri
+import jaxmri.cpu
+jaxmri.cpu.configure()
 rng = np.random.default_rng(0)
 x_host = rng.standard_normal((1 << 17, 64)).astype(np.float32)
 ws_host = [(rng.standard_normal((64, 64)) / 8).astype(np.float32) for _ in range(4)]

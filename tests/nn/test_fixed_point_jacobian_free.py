@@ -1,4 +1,5 @@
-"""Deep-equilibrium solve: convergence to known fixed points, the JFB gradient, training."""
+"""fixed_point in JacobianFree mode (the deep-equilibrium solve of paper 004): convergence to
+known fixed points, the JFB gradient, training; and the three modes on one problem."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,12 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-from jaxmri.nn.deq import deq_fixed_point
+from jaxmri.nn.fixed_point import FixedPointInfo, Implicit, JacobianFree, Unrolled, fixed_point
+
+
+def deq_fixed_point(layer, params, u0, *args, tol=1e-3, max_iter=20):
+    """The solve as paper 004's Rec module calls it."""
+    return fixed_point(layer, params, u0, *args, mode=JacobianFree(tol=tol, max_iter=max_iter))
 
 
 def tanh_layer(params, u, d):
@@ -119,5 +125,42 @@ def test_bad_arguments_are_named():
         deq_fixed_point(tanh_layer, {"a": 0.5}, jnp.zeros(2), jnp.zeros(2), max_iter=0)
     with pytest.raises(ValueError, match="tol"):
         deq_fixed_point(tanh_layer, {"a": 0.5}, jnp.zeros(2), jnp.zeros(2), tol=-1.0)
-    with pytest.raises(TypeError, match="u0"):
+    with pytest.raises(TypeError, match="x0"):
         deq_fixed_point(tanh_layer, {"a": 0.5}, jnp.zeros(2, jnp.int32), jnp.zeros(2))
+
+
+@pytest.mark.parametrize("mode", [Implicit(tol=1e-7, max_iter=200), Unrolled(60),
+                                  JacobianFree(tol=1e-7, max_iter=200)])
+def test_the_three_modes_solve_the_same_fixed_point_with_the_same_info_type(mode):
+    a, d = 0.7, np.linspace(-2, 2, 9).astype(np.float32)
+    out, info = fixed_point(tanh_layer, {"a": jnp.float32(a)}, jnp.zeros(9), d, mode=mode)
+    expected = [brentq(lambda u, di=di: u - a * np.tanh(u) - di, -10, 10) for di in d]
+    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5)
+    assert isinstance(info, FixedPointInfo)
+    assert info.residual.dtype == jnp.float32 and info.num_iter.dtype == jnp.int32
+
+
+@pytest.mark.parametrize("unroll_adjoint", [False, True])
+def test_implicit_gradient_of_a_linear_fixed_point_is_exact(unroll_adjoint):
+    # x* = W x* + d  =>  x* = (I - W)^{-1} d; for L = <c, x*>: dL/dd = (I - W)^{-T} c and
+    # dL/dW = (I - W)^{-T} c x*^T. The JFB gradient would instead be c and c x*^T.
+    w = _contraction(5, 7).astype(np.float32)
+    d = np.random.default_rng(8).standard_normal(5).astype(np.float32)
+    c = np.random.default_rng(9).standard_normal(5).astype(np.float32)
+    mode = Implicit(tol=1e-7, max_iter=16, unroll_adjoint=unroll_adjoint)
+
+    def loss(p, data):
+        x, _ = fixed_point(linear_layer, p, jnp.zeros(5), data, mode=mode)
+        return jnp.vdot(c, x)
+
+    g_params, g_data = jax.jit(jax.grad(loss, argnums=(0, 1)))({"w": jnp.asarray(w)}, d)
+    inv_t = np.linalg.inv(np.eye(5) - w.astype(np.float64)).T
+    x_star = np.linalg.solve(np.eye(5) - w.astype(np.float64), d)
+    np.testing.assert_allclose(np.asarray(g_data), inv_t @ c, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(g_params["w"]), np.outer(inv_t @ c, x_star),
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_implicit_mode_rejects_a_non_bool_unroll_adjoint():
+    with pytest.raises(TypeError, match="unroll_adjoint"):
+        Implicit(unroll_adjoint=1)

@@ -1,5 +1,6 @@
-"""Layers rewritten for XLA:CPU speed (2x2 pooling, stride-2 convolutions, stride-1 convolutions
-with a fast kernel gradient): same values and gradients as the Flax / lax originals."""
+"""The XLA:CPU convolution (jaxmri.cpu.conv): stride-2 space-to-depth, stride-1 plans with a
+fast kernel gradient, im2col and shifted products, the bias: the same values, both gradients and
+forward mode as ``lax.conv_general_dilated`` / Flax, and canonical convolutions inside loops."""
 
 import flax.linen as nn
 import jax
@@ -7,31 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmri.nn.layers import avg_pool_2x2, max_pool_2x2
-
-
-@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])  # even, and odd (row/col dropped)
-def test_pools_equal_flax_values_and_gradients(shape):
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)  # continuous: no ties
-    w = jax.random.normal(jax.random.PRNGKey(1), (shape[0], shape[1] // 2, shape[2] // 2,
-                                                  shape[3]))
-    for ours, theirs in ((max_pool_2x2, lambda z: nn.max_pool(z, (2, 2), strides=(2, 2))),
-                         (avg_pool_2x2, lambda z: nn.avg_pool(z, (2, 2), strides=(2, 2)))):
-        np.testing.assert_array_equal(ours(x), theirs(x))
-        g_ours = jax.grad(lambda z, f=ours: jnp.sum(w * f(z)))(x)
-        g_theirs = jax.grad(lambda z, f=theirs: jnp.sum(w * f(z)))(x)
-        np.testing.assert_allclose(g_ours, g_theirs, rtol=1e-6, atol=1e-7)
-
-
-def test_max_pool_gradient_at_ties_is_shared_and_sums_to_one():
-    x = jnp.zeros((1, 2, 2, 1)).at[0, 1, 1, 0].set(-1.0)  # three tied maxima at 0
-    g = jax.grad(lambda z: jnp.sum(max_pool_2x2(z)))(x)
-    np.testing.assert_allclose(np.asarray(g)[0, :, :, 0], [[1 / 3, 1 / 3], [1 / 3, 0.0]])
-
-
-def test_pools_reject_non_nhwc():
-    with pytest.raises(ValueError, match="ndim"):
-        max_pool_2x2(jnp.zeros((4, 4, 3)))
+from jaxmri.cpu import conv_general_dilated as cpu_conv
 
 
 @pytest.mark.parametrize("shape, kernel, padding", [
@@ -42,7 +19,7 @@ def test_space_to_depth_conv_equals_the_strided_conv(shape, kernel, padding):
     """Values and both gradients equal lax's stride-2 convolution (even kernels, any padding)."""
     from jax import lax
 
-    from jaxmri.nn.layers import conv_general_dilated
+    from jaxmri.cpu.conv import conv_general_dilated
 
     dn = ("NHWC", "HWIO", "NHWC")
     x = jax.random.normal(jax.random.PRNGKey(2), shape)
@@ -63,13 +40,15 @@ def test_space_to_depth_conv_equals_the_strided_conv(shape, kernel, padding):
 
 
 def test_jaxmri_conv_in_flax_keeps_parameters_and_values():
-    """jaxmri.nn.layers.Conv: Flax's Conv with the same parameter tree, values and gradients."""
+    """jaxmri.nn.layers.Conv with the CPU convolution: Flax's Conv with the same parameter tree,
+    values and gradients."""
     from jaxmri.nn.layers import Conv
 
     x = jax.random.normal(jax.random.PRNGKey(4), (2, 10, 10, 3))
     for strides, kernel, width in (((2, 2), (4, 4), 5), ((1, 1), (3, 3), 16), ((1, 1), (3, 3), 2),
                                    ((2, 2), (3, 3), 5)):
-        plain, fast = (cls(width, kernel, strides=strides) for cls in (nn.Conv, Conv))
+        plain = nn.Conv(width, kernel, strides=strides)
+        fast = Conv(width, kernel, strides=strides, conv_general_dilated=cpu_conv)
         variables = plain.init(jax.random.PRNGKey(5), x)
         assert (jax.tree.structure(fast.init(jax.random.PRNGKey(5), x))
                 == jax.tree.structure(variables))
@@ -99,7 +78,7 @@ def test_fast_kernel_grad_conv_equals_lax(shape, k, c_out, padding, strategy):
     every kernel-gradient strategy (tiles, shifted product, XLA's own)."""
     from jax import lax
 
-    from jaxmri.nn.layers import (
+    from jaxmri.cpu.conv import (
         _explicit_pads, _fast_kernel_grad_strategy, conv_fast_kernel_grad)
 
     pads = _explicit_pads(padding, shape[1:3], (k, k), (1, 1))
@@ -134,7 +113,7 @@ def test_fast_kernel_grad_conv_with_one_frozen_operand_and_under_vmap():
     """Gradients for the kernel alone, the input alone, and per-example kernels under vmap."""
     from jax import lax
 
-    from jaxmri.nn.layers import conv_fast_kernel_grad
+    from jaxmri.cpu.conv import conv_fast_kernel_grad
 
     pads = ((1, 1), (1, 1))
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 10, 8))
@@ -161,7 +140,7 @@ def test_kernel_tangent_conv_is_the_conv_and_its_transpose_the_kernel_gradient(
     """The linear map equals the conv; its transpose equals XLA's conv kernel gradient."""
     from jax import lax
 
-    from jaxmri.nn.layers import _explicit_pads, kernel_tangent_conv
+    from jaxmri.cpu.conv import _explicit_pads, kernel_tangent_conv
 
     dn = ("NHWC", "HWIO", "NHWC")
     pads = _explicit_pads(padding, shape[1:3], (k, k), (1, 1))
@@ -185,7 +164,7 @@ def test_kernel_gradient_inside_a_while_loop_is_a_canonical_convolution(batch):
 
     from jax import lax
 
-    from jaxmri.nn.layers import kernel_tangent_conv
+    from jaxmri.cpu.conv import kernel_tangent_conv
 
     dn = ("NHWC", "HWIO", "NHWC")
     pads = ((1, 1), (1, 1))
@@ -227,7 +206,7 @@ def test_conv_general_dilated_plans_equal_lax(shape, k, c_out, padding, plan):
     """Every stride-1 plan of jaxmri's conv: value, both gradients and forward mode equal lax."""
     from jax import lax
 
-    from jaxmri.nn.layers import _explicit_pads, conv_general_dilated, conv_plan
+    from jaxmri.cpu.conv import _explicit_pads, conv_general_dilated, conv_plan
 
     dn = ("NHWC", "HWIO", "NHWC")
     assert conv_plan(shape, (k, k, shape[-1], c_out),
@@ -258,80 +237,17 @@ def test_conv_general_dilated_plans_equal_lax(shape, k, c_out, padding, plan):
 
 
 def test_conv_general_dilated_names_a_channel_mismatch():
-    from jaxmri.nn.layers import conv_general_dilated
+    from jaxmri.cpu.conv import conv_general_dilated
 
     with pytest.raises(ValueError, match="3 channels.*kernel expects 2"):
         conv_general_dilated(jnp.zeros((1, 8, 8, 3)), jnp.zeros((3, 3, 2, 32)), (1, 1), "SAME",
                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@pytest.mark.parametrize("shape, k, padding", [
-    ((2, 9, 11, 5), (3, 3), ((1, 1), (1, 1))),       # SAME
-    ((1, 8, 7, 3), (3, 2), ((1, 1), (0, 1))),        # SAME with an even kernel width
-    ((3, 10, 12, 4), (5, 3), ((0, 0), (0, 0))),      # VALID
-    ((2, 6, 6, 2), (3, 3), ((2, 0), (0, 1))),        # asymmetric
-])
-def test_conv_transpose_stride1_is_the_adjoint_of_the_conv(shape, k, padding):
-    """<conv(x, w), y> = <x, conv_transpose_stride1(y, w)>, and it equals JAX's own transpose."""
-    from jax import lax
-
-    from jaxmri.nn.layers import conv_transpose_stride1
-
-    c_out = 6
-    kx, kw, ky = jax.random.split(jax.random.PRNGKey(11), 3)
-    x = jax.random.normal(kx, shape)
-    w = jax.random.normal(kw, k + (shape[3], c_out))
-
-    def conv(v):
-        return lax.conv_general_dilated(v, w, (1, 1), padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    y = jax.random.normal(ky, conv(x).shape)
-    adjoint = conv_transpose_stride1(y, w, padding)
-    assert adjoint.shape == x.shape
-    lhs = np.vdot(np.asarray(conv(x), np.float64), np.asarray(y, np.float64))
-    rhs = np.vdot(np.asarray(x, np.float64), np.asarray(adjoint, np.float64))
-    np.testing.assert_allclose(lhs, rhs, rtol=1e-5)
-    np.testing.assert_allclose(adjoint, jax.linear_transpose(conv, x)(y)[0], rtol=1e-5, atol=1e-4)
-
-
-def test_conv_transpose_stride1_inside_a_while_loop_is_a_canonical_convolution():
-    """JAX's transpose of a convolution (kernel HWOI) stays a naive loop when traced in a loop
-    body on XLA:CPU; conv_transpose_stride1 (the power iteration's adjoint) must be canonical."""
-    import re
-
-    from jax import lax
-
-    from jaxmri.nn.layers import conv_transpose_stride1
-
-    w = jax.random.normal(jax.random.PRNGKey(12), (3, 3, 8, 16))
-    y0 = jax.random.normal(jax.random.PRNGKey(13), (1, 12, 12, 16))
-    pads = ((1, 1), (1, 1))
-
-    def in_loop(y):  # two iterations, so XLA cannot replace the loop by its body
-        return lax.fori_loop(0, 2, lambda i, acc: acc + conv_transpose_stride1(y * (i + 1), w,
-                                                                                pads),
-                             jnp.zeros((1, 12, 12, 8)))
-
-    hlo = jax.jit(in_loop).lower(y0).compile().as_text()
-    labels = re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo)
-    assert labels and set(labels) == {"b01f_01io->b01f"}, labels
-    np.testing.assert_allclose(jax.jit(in_loop)(y0), 3.0 * conv_transpose_stride1(y0, w, pads),
-                               rtol=1e-5, atol=1e-4)
-
-
-def test_conv_transpose_stride1_rejects_pads_beyond_the_kernel():
-    from jaxmri.nn.layers import conv_transpose_stride1
-
-    with pytest.raises(ValueError, match="pads"):
-        conv_transpose_stride1(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)),
-                               ((3, 0), (1, 1)))
-
-
 def test_add_bias_gradient_is_a_matrix_product_with_the_same_values():
     """add_bias: y + b with the bias gradient as ones @ g (no reduce-window in the compiled
     gradient), equal to the plain sum in reverse and forward mode."""
-    from jaxmri.nn.layers import add_bias
+    from jaxmri.cpu.conv import add_bias
 
     y = jax.random.normal(jax.random.PRNGKey(14), (3, 10, 9, 7))
     b = jax.random.normal(jax.random.PRNGKey(15), (7,))
@@ -358,11 +274,12 @@ def test_add_bias_gradient_is_a_matrix_product_with_the_same_values():
 
 
 def test_jaxmri_conv_forward_mode_equals_flax():
-    """jaxmri's Conv (its own bias add) in forward mode and under vmap: Flax's values."""
+    """Conv with the CPU convolution (and its own bias add) in forward mode and under vmap:
+    Flax's values."""
     from jaxmri.nn.layers import Conv
 
     x = jax.random.normal(jax.random.PRNGKey(17), (2, 9, 9, 3))
-    plain, fast = nn.Conv(5, (3, 3)), Conv(5, (3, 3))
+    plain, fast = nn.Conv(5, (3, 3)), Conv(5, (3, 3), conv_general_dilated=cpu_conv)
     variables = plain.init(jax.random.PRNGKey(18), x)
     tangent = jax.tree.map(jnp.ones_like, variables)
     for a, b in zip(jax.jvp(lambda v: fast.apply(v, x), (variables,), (tangent,)),
@@ -380,7 +297,7 @@ def test_input_gradient_inside_a_while_loop_is_a_canonical_convolution():
 
     from jax import lax
 
-    from jaxmri.nn.layers import conv_fast_kernel_grad
+    from jaxmri.cpu.conv import conv_fast_kernel_grad
 
     pads = ((1, 1), (1, 1))
     x = jax.random.normal(jax.random.PRNGKey(19), (4, 12, 12, 16))

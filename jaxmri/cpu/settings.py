@@ -1,4 +1,11 @@
-"""XLA:CPU settings jaxmri applies when it is imported, and how to opt out.
+"""XLA:CPU runtime settings, applied only by an explicit :func:`configure` call.
+
+``import jaxmri`` changes nothing global. The experiment and benchmark entry points call
+:func:`configure` after parsing their arguments and before JAX starts its backend; library users
+who train on the CPU can do the same, first thing in their script::
+
+    import jaxmri.cpu
+    jaxmri.cpu.configure()   # before the first JAX computation
 
 Two settings, both measured on the 2-core AMD EPYC machine of the README's Performance
 section; the first also on its 2-core Intel Xeon.
@@ -12,15 +19,14 @@ forward 1.5-1.7x (1.3-1.5x on the Intel machine) and its weight gradient 2.2-2.6
 the conv-heavy training steps from 1.12-1.50x PyTorch's step time to 0.9-1.25x (``python -m
 benchmarks.step_time``). Matrix products keep YNNPACK (the XLA default for dots).
 
-How: XLA reads ``XLA_FLAGS`` once, when the first JAX computation starts its backend, so the
-flag is added to the environment at import time, before any array exists. It is added only
+How: XLA reads ``XLA_FLAGS`` once, when the first JAX computation starts its backend, so
+:func:`configure` must run before any array exists (a later call cannot change the flags; JAX has
+no public way to ask whether its backend started, so this is not checked). The flag is added only
 when all of these hold, so a user's choice always wins and an unknown flag can never abort XLA:
 
 * ``JAXMRI_XLA_DEFAULTS`` is not ``0``;
 * ``XLA_FLAGS`` does not already set that flag (``--xla_cpu_experimental_ynn_fusion_type``);
-* the installed jaxlib is a version on which the flag was verified (:data:`VERIFIED_JAXLIB`);
-* the JAX backend has not started yet (otherwise the flag could no longer take effect; a
-  warning says so).
+* the installed jaxlib is a version on which the flag was verified (:data:`VERIFIED_JAXLIB`).
 
 **2. Reusing the memory of a step's temporaries.** Every call of a compiled XLA:CPU program
 allocates its temporary buffers (for a training step: the activations kept for the backward
@@ -45,16 +51,22 @@ buffer size N larger than the per-heap size limit 33554432``; about 400 lines ov
 joint Rec+SR cpu run, none in the refinement run); ``TF_CPP_MIN_LOG_LEVEL=2`` hides XLA's
 warnings.
 
-``JAXMRI_XLA_DEFAULTS=0`` turns off both settings.
+Both settings are for XLA:CPU, and the temporary-heap cap is read by XLA's buffer assignment
+on every backend, so :func:`configure` does nothing where JAX will run on an accelerator: when
+a GPU or TPU plugin of jaxlib is installed and ``JAX_PLATFORMS`` does not restrict JAX to the
+CPU (:func:`cpu_backend_expected`; this is decided without starting JAX).
+``JAXMRI_XLA_DEFAULTS=0`` turns off both settings (the benchmarks then measure jaxlib's own
+defaults).
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
-import warnings
 from collections.abc import MutableMapping
 
 #: Keep YNNPACK for individual dot products only (XLA's own default for dots), so convolutions
@@ -92,19 +104,9 @@ def _jaxlib_minor() -> tuple[int, int] | None:
         return None
 
 
-def _backend_started() -> bool:
-    """Whether JAX has already created its backends (after which ``XLA_FLAGS`` is ignored)."""
-    try:
-        from jax._src import xla_bridge
-    except ImportError:  # pragma: no cover - JAX is a hard dependency
-        return False
-    started = getattr(xla_bridge, "backends_are_initialized", None)
-    return bool(started()) if started is not None else False
-
-
 def cpu_flags_to_add(environ: MutableMapping[str, str], jaxlib_minor: tuple[int, int] | None
                      ) -> list[str]:
-    """The flags :func:`apply` would append to ``environ["XLA_FLAGS"]`` (pure; no side effects).
+    """The flags :func:`configure` would append to ``environ["XLA_FLAGS"]`` (pure; no side effects).
 
     Args:
       environ: the process environment (or a dict standing in for it).
@@ -126,7 +128,7 @@ def _opted_out(environ: MutableMapping[str, str]) -> bool:
 
 def malloc_options_to_set(environ: MutableMapping[str, str], libc: str, system: str
                           ) -> dict[str, tuple[int, int]]:
-    """The ``mallopt`` calls :func:`apply` makes (pure): ``{name: (parameter, value)}``.
+    """The ``mallopt`` calls :func:`configure` makes (pure): ``{name: (parameter, value)}``.
 
     Args:
       environ: the process environment (or a dict standing in for it).
@@ -158,24 +160,56 @@ def _set_malloc_options(options: dict[str, tuple[int, int]]) -> list[str]:
     return [name for name, (param, value) in options.items() if mallopt(param, value) == 1]
 
 
-def apply(environ: MutableMapping[str, str] | None = None) -> list[str]:
-    """Apply jaxmri's XLA:CPU defaults; returns the ``XLA_FLAGS`` entries it added.
+def cpu_backend_expected(environ: MutableMapping[str, str]) -> bool:
+    """Whether JAX's default backend will be the CPU, decided without starting JAX.
 
-    Called once by ``import jaxmri``. Sets the glibc ``malloc`` options (they act at once, also
-    after the backend started) and appends the flags to ``XLA_FLAGS``. Other flags in
-    ``XLA_FLAGS`` (for example ``--xla_force_host_platform_device_count``) are kept.
+    True when ``JAX_PLATFORMS`` starts with ``cpu``, or when no accelerator plugin of jaxlib is
+    installed (a ``jax_plugins`` entry point or module, e.g. the CUDA plugin, or ``libtpu``).
+    """
+    platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return platforms.split(",")[0] == "cpu"
+    return not _accelerator_plugins()
+
+
+def _accelerator_plugins() -> list[str]:
+    """Names of installed jaxlib accelerator plugins (what JAX would load at start-up)."""
+    names = [ep.name for ep in importlib.metadata.entry_points(group="jax_plugins")]
+    try:
+        import jax_plugins  # namespace package of the GPU plugins
+    except ImportError:
+        pass
+    else:
+        import pkgutil
+        names += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
+    if importlib.util.find_spec("libtpu") is not None:
+        names.append("libtpu")
+    return names
+
+
+def configure(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Apply jaxmri's XLA:CPU settings; returns the ``XLA_FLAGS`` entries it added.
+
+    Sets the glibc ``malloc`` options (they act at once, also after the backend started) and
+    appends :data:`CPU_CONV_FLAG` and :data:`TEMP_HEAP_FLAG` to ``XLA_FLAGS``, which XLA reads
+    when the first JAX computation starts its backend: call this before that. Other flags in
+    ``XLA_FLAGS`` (for example ``--xla_force_host_platform_device_count``) are kept; a flag the
+    user already set, ``JAXMRI_XLA_DEFAULTS=0``, a user-configured allocator or an unverified
+    jaxlib each turn the corresponding setting off (see the module docstring). Does nothing
+    when JAX will run on an accelerator (:func:`cpu_backend_expected`).
+
+    Args:
+      environ: the environment to edit; ``None`` for ``os.environ``.
+
+    Returns:
+      The flags added (``[]`` when none was).
     """
     environ = os.environ if environ is None else environ
+    if not cpu_backend_expected(environ):
+        return []
     _set_malloc_options(malloc_options_to_set(environ, platform.libc_ver()[0], sys.platform))
     flags = cpu_flags_to_add(environ, _jaxlib_minor())
-    if not flags:
-        return []
-    if _backend_started():
-        warnings.warn(
-            "jaxmri was imported after JAX started its backend, so its XLA:CPU flags (faster "
-            "convolutions, reusable temporaries) could not be applied. Import jaxmri first, or "
-            f"set XLA_FLAGS='{' '.join(flags)}' yourself ({OPT_OUT_VARIABLE}=0 silences this).",
-            RuntimeWarning, stacklevel=3)
-        return []
-    environ["XLA_FLAGS"] = " ".join(filter(None, [environ.get("XLA_FLAGS", "").strip(), *flags]))
+    if flags:
+        environ["XLA_FLAGS"] = " ".join(filter(None, [environ.get("XLA_FLAGS", "").strip(),
+                                                      *flags]))
     return flags
