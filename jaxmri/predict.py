@@ -40,7 +40,8 @@ Geometry (the inverse is applied to the outputs, so they land on the input's gri
 Evaluation (when a ground truth exists: ``reconstruction_rss`` / ``reconstruction_esc`` in the
 file, or the NIfTI volume itself): fastMRI's volume metrics (``evaluate.py``), NMSE and PSNR over
 the whole volume with ``data_range = gt.max()`` and SSIM per slice (7x7 uniform window) with the
-volume maximum as data range, averaged over slices (:func:`_volume_metrics`).
+volume maximum as data range, averaged over slices
+(:func:`jaxmri.metrics.fastmri_volume_metrics`).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ from jaxmri.data.fastmri import _fourier_resample, center_crop, list_fastmri_fil
 from jaxmri.data.nifti import NIFTI_SUFFIXES
 from jaxmri.data.slicing import resize_2d
 from jaxmri.data.sources import source_kind
-from jaxmri.metrics import ssim
+from jaxmri.metrics import fastmri_volume_metrics
 from jaxmri.train.report import folder_name
 from jaxmri.train.run_record import read_run_record
 
@@ -276,26 +277,10 @@ def predict_slices(method: Method, arrays: Mapping[str, np.ndarray], *, batch_si
 
 
 def _volume_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """fastMRI's volume evaluation of ``pred`` against ``gt``, both ``(slices, H, W)`` real.
-
-    Private stand-in: swap for the volume evaluation of :mod:`jaxmri.metrics` once it exists.
-
-    NMSE ``||gt - pred||^2 / ||gt||^2`` and PSNR with ``data_range = gt.max()`` over the whole
-    volume; SSIM (7x7 uniform window, skimage defaults) per slice with ``gt.max()`` as data
-    range, averaged over slices.
-    """
-    gt, pred = np.asarray(gt, np.float64), np.asarray(pred, np.float64)
-    if gt.shape != pred.shape or gt.ndim != 3:
-        raise ValueError(f"gt and pred must be (slices, H, W) of one shape, got {gt.shape} and "
-                         f"{pred.shape}")
-    peak = float(gt.max())
-    mse = float(np.mean((gt - pred) ** 2))
-    return {
-        "PSNR": 10.0 * math.log10(peak**2 / mse) if mse > 0 else math.inf,
-        "NMSE": float(np.sum((gt - pred) ** 2) / np.sum(gt**2)),
-        "SSIM": float(np.mean(np.asarray(ssim(pred.astype(np.float32), gt.astype(np.float32),
-                                              data_range=peak)))),
-    }
+    """:func:`jaxmri.metrics.fastmri_volume_metrics` of ``pred`` against ``gt`` (both
+    ``(slices, H, W)`` real) as plain floats, for the metrics table and ``metrics.json``."""
+    metrics = fastmri_volume_metrics(np.asarray(pred, np.float32), np.asarray(gt, np.float32))
+    return {name: float(value) for name, value in metrics.items()}
 
 
 # --------------------------------------------------------------------------------------------
