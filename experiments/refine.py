@@ -8,26 +8,23 @@ semantic interpretability score (Seitzer et al., MICCAI 2018).
 
 ``--steps N`` / ``--batch-size N`` override the steps / batch size of every training stage.
 
-Table printed by the cpu preset (seed 0, 33 test slices, 48 px, 8x; measured 2026-11-22 on the
-simulated data of that day's ``jaxmri.data.simulate``):
+Table printed by the cpu preset (seed 0, 36 coronal test slices, 48 px, 8x; measured
+2026-12-04 in 2:16 on 2 quiet cores, after one orientation per split, Adam beta1 0.5 for RecNet
+and LPIPS on clipped outputs):
 
     | method                          | PSNR  | SSIM  | LPIPS | Dice  | SIS   |
-    | Ground truth                    |   –   |   –   |   –   | 0.733 | 1.000 |
-    | Zero-filled                     | 13.34 | 0.381 | 0.383 | 0.299 | 0.408 |
-    | CS L1-wavelet                   | 13.01 | 0.287 | 0.378 | 0.292 | 0.399 |
-    | RecNet                          | 15.86 | 0.375 | 0.236 | 0.353 | 0.482 |
-    | Joint MSE+adv+VGG (from RecNet) | 13.97 | 0.262 | 0.285 | 0.318 | 0.433 |
-    | Proposed (refined)              | 16.04 | 0.334 | 0.205 | 0.376 | 0.513 |
+    | Ground truth                    |   –   |   –   |   –   | 0.781 | 1.000 |
+    | Zero-filled                     | 12.31 | 0.391 | 0.390 | 0.336 | 0.430 |
+    | CS L1-wavelet                   | 11.96 | 0.302 | 0.383 | 0.318 | 0.408 |
+    | RecNet                          | 15.14 | 0.411 | 0.256 | 0.384 | 0.492 |
+    | Joint MSE+adv+VGG (from RecNet) | 14.69 | 0.438 | 0.260 | 0.383 | 0.490 |
+    | Proposed (refined)              | 14.18 | 0.385 | 0.174 | 0.391 | 0.501 |
 
-Over seeds 0, 1, 2 (``--seed``; paired Wilcoxon p of the refinement against each baseline): the
-refinement beats the joint MSE+adversarial+VGG training on SIS every time (0.513 / 0.513 /
-0.502 against 0.433 / 0.481 / 0.467, p <= 0.011), and its SIS is above RecNet's every time
-(against 0.482 / 0.506 / 0.480; p = 0.0002, 0.14, 0.017), the paper's claim, significant in two
-of three seeds. PSNR, SSIM and LPIPS against RecNet go either way with the seed (PSNR +0.2,
--0.9, -0.05 dB). The previous simulated data (seed 0) gave no SIS gain over RecNet (0.504 vs
-0.502, p = 0.43): at 48 px and a few hundred steps, one seed decides little, and the adversarial
-stages are also sensitive to float32 rounding (two commits that differed only in rounding gave
-a refined SIS of 0.511 and 0.504 on that data).
+The claims table of that run: SIS above RecNet inconclusive (+0.009, p 0.2), PSNR below RecNet
+reproduced (-0.96 dB), LPIPS below RecNet reproduced. Before those changes (2026-11-22, three
+orientations, 33 test slices) seeds 0, 1, 2 gave the refinement an SIS above RecNet's in every
+seed (0.513 / 0.513 / 0.502 against 0.482 / 0.506 / 0.480; p = 0.0002, 0.14, 0.017): at 48 px
+and a few hundred steps one seed decides little; ``--seeds 0,1,2`` repeats the preset.
 
 Single-coil Cartesian data simulated from the embedded MNI152 template (smooth random phase,
 30 dB noise), 1-D Gaussian variable-density masks at 8x (a fresh mask per training step and per
