@@ -66,7 +66,7 @@ from tqdm.auto import tqdm
 from jaxmri.errors import UserInputError
 from jaxmri.data._host_fft import host_fft2c, host_ifft2c, host_rss, host_sense_adjoint
 from jaxmri.data.fastmri import _fourier_resample, center_crop, list_fastmri_files, read_fastmri_h5
-from jaxmri.data.nifti import NIFTI_SUFFIXES
+from jaxmri.data.nifti import NIFTI_SUFFIXES, read_nifti
 from jaxmri.data.slicing import resize_2d
 from jaxmri.data.sources import source_kind
 from jaxmri.metrics import fastmri_volume_metrics
@@ -370,18 +370,10 @@ def _nifti_volume(path: str, method: Method, *, foreground_threshold: float = 0.
                   margin: int = 2) -> _Volume:
     import nibabel as nib
 
-    try:
-        original = nib.load(path)
-        canonical = nib.as_closest_canonical(original)
-        volume = np.asarray(canonical.dataobj, np.float32)
-    except Exception as err:  # nibabel raises several types for a corrupt or foreign file
-        raise UserInputError(f"{path!r} is not a valid NIfTI file: {err}") from None
-    if volume.ndim == 4:
-        volume = volume[..., 0]
-    if volume.ndim != 3:
-        raise UserInputError(f"NIfTI file {path!r} must hold a 3-D volume, got {volume.shape}")
-    if not np.all(np.isfinite(volume)):
-        raise UserInputError(f"NIfTI file {path!r} contains non-finite values (NaN or inf)")
+    # The reader's checks (missing, corrupt, complex, several volumes, non-finite) apply here too;
+    # it returns the RAS-canonical volume and its voxel spacing.
+    volume, spacing = read_nifti(path)
+    original = nib.load(path)  # header and affine only: the output goes back to this grid
     size = method.image_size
     lo, hi = float(volume.min()), float(volume.max())
     if hi <= lo:
@@ -391,7 +383,6 @@ def _nifti_volume(path: str, method: Method, *, foreground_threshold: float = 0.
     fg = np.nonzero(np.any(norm > foreground_threshold, axis=2))
     xs = slice(max(0, fg[0].min() - margin), min(volume.shape[0], fg[0].max() + 1 + margin))
     ys = slice(max(0, fg[1].min() - margin), min(volume.shape[1], fg[1].max() + 1 + margin))
-    spacing = [float(z) for z in canonical.header.get_zooms()[:3]]
     plane_spacing = (spacing[1], spacing[0])  # rows of rot90(vol[:, :, k]) run along y
     box = norm[xs, ys]
     plane_shape = (box.shape[1], box.shape[0])
@@ -407,7 +398,7 @@ def _nifti_volume(path: str, method: Method, *, foreground_threshold: float = 0.
         for k in range(volume.shape[2])]).astype(np.float32)
     arrays = method.acquire_image(slices, np.arange(len(slices)))
     to_original = nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(canonical.affine),
+        nib.orientations.axcodes2ornt(("R", "A", "S")),
         nib.orientations.io_orientation(original.affine))
 
     def to_input_grid(out: np.ndarray) -> np.ndarray:

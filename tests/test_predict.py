@@ -312,3 +312,14 @@ def test_equispaced_mask_draws_are_those_of_acquisition_from_kspace():
     ids = np.array([4, 9, 1])
     acq = acquisition_from_kspace(kspace, mask_fn=MASK_FN, seed=3, slice_index=ids)
     np.testing.assert_array_equal(draw_masks(MASK_FN, 3, ids, (SIZE, SIZE)), acq["mask"])
+
+
+def test_complex_nifti_is_refused_by_predict_as_by_the_reader(trained, tmp_path):
+    # predict reads NIfTI through jaxmri.data.read_nifti: never the real part of a complex volume.
+    nib = pytest.importorskip("nibabel")
+    _, variables = trained
+    volume = (1j * np.ones((20, 20, 6))).astype(np.complex64)
+    path = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), path)
+    with pytest.raises(ValueError, match="holds complex values"):
+        predict_path(make_method(variables), path, tmp_path / "out", progress=False)
