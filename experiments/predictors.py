@@ -106,7 +106,7 @@ def build_invsharp(preset, flags, workdir: Path) -> Method:
     final_dc = image_dc if getattr(flags, "final_dc", "coil") == "coil" else projection_dc
 
     def apply(variables, b):
-        blurry = recon.apply(variables["recon"], b["zero_filled"], b["kspace"],
+        blurry = recon.apply(variables["recon"], b["recon_input"], b["kspace"],
                              b["mask"][:, None], b["maps"])
 
         def consistent(image):
@@ -121,13 +121,15 @@ def build_invsharp(preset, flags, workdir: Path) -> Method:
         acq = simulate_acquisition(images, mask_fn=mask_fn, seed=_image_seed(flags),
                                    slice_index=ids, num_coils=preset.num_coils,
                                    snr_db=preset.snr_db, coil_radius=preset.coil_radius)
-        return {k: acq[k] for k in ("kspace", "mask", "maps", "zero_filled")}
+        acq = {k: acq[k] for k in ("kspace", "mask", "maps", "zero_filled")}
+        return {**acq, "recon_input": invsharp.recon_input_images(preset, acq)}
 
     def acquire_kspace(kspace, mask, ids):
         masks = (np.broadcast_to(mask, (len(kspace), size, size)) if mask is not None
                  else draw_masks(mask_fn, _image_seed(flags), ids, (size, size)))
-        return measured_acquisition(kspace, masks, calibration_maps(kspace * masks[:, None],
-                                                                    masks))
+        acq = measured_acquisition(kspace, masks, calibration_maps(kspace * masks[:, None],
+                                                                   masks))
+        return {**acq, "recon_input": invsharp.recon_input_images(preset, acq)}
 
     return Method("invsharp", size, outputs, variables, apply, acquire_image, acquire_kspace)
 

@@ -51,9 +51,9 @@ def test_claims_and_regime_tables_cover_the_paper_rows(smoke_run):
     assert {c["verdict"] for c in claims["claims"]} <= {"reproduced", "contradicted",
                                                          "inconclusive"}
     regime = json.loads((workdir / "regime.json").read_text())["rows"]
-    assert {r["row"] for r in regime} == {"Recon model 1", "Zero-filled"}
+    assert {r["row"] for r in regime} == {"Recon model 1", "CG-SENSE", "Zero-filled"}
     recon_rows = [r for r in regime if r["row"] == "Recon model 1"]
-    assert {r["paper_psnr"] for r in recon_rows} == {40.2, 38.9}
+    assert {r["paper_psnr"] for r in recon_rows} == {40.2, 38.9, 32.5}
     assert "| Recon model 1 |" in (workdir / "regime.md").read_text()
 
 
@@ -72,6 +72,38 @@ def test_every_row_gets_the_same_final_dc(smoke_run):
     assert np.max(np.abs(with_dc["PSNR"] - without["PSNR"])) > 1e-3
     with pytest.raises(ValueError, match="final DC"):
         invsharp.final_dc(recon, test, 4, kind="soft")
+
+
+def test_recon_input_is_the_regularised_cg_sense_solution():
+    # The recon models start from CG-SENSE: the image must satisfy the normal equations
+    # (A^H A + lam I) x = A^H y (checked with the dense operator), be far closer to the target
+    # than the zero-filled adjoint, and "zero_filled" must give the adjoint itself.
+    import dataclasses
+
+    preset = dataclasses.replace(invsharp.PRESETS["smoke"], cg_iters=200)
+    test = invsharp.load_acquisitions(None, preset, 0, splits=("test",))["test"]
+    x = test["recon_input"]
+    k, maps, mask = test["kspace"][0], test["maps"][0], test["mask"][0]
+    size = x.shape[-1]
+    basis = np.eye(size * size, dtype=np.complex64).reshape(-1, size, size)
+    forward = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(maps[None] * basis[:, None],
+                                                          axes=(-2, -1)), norm="ortho"),
+                              axes=(-2, -1)) * mask
+    a = forward.reshape(size * size, -1).T                      # (C*H*W, H*W)
+    lhs = a.conj().T @ a + preset.cg_lam * np.eye(size * size)
+    rhs = a.conj().T @ (k * mask).reshape(-1)
+    np.testing.assert_allclose(lhs @ x[0].reshape(-1), rhs, atol=2e-4 * np.abs(rhs).max())
+
+    def error(y):
+        return np.linalg.norm(np.abs(y) - np.abs(test["target"])) / np.linalg.norm(
+            test["target"])
+
+    assert error(x) < 0.7 * error(test["zero_filled"])
+    adjoint = invsharp.recon_input_images(
+        dataclasses.replace(preset, recon_input="zero_filled"), test)
+    np.testing.assert_array_equal(adjoint, test["zero_filled"])
+    with pytest.raises(ValueError, match="recon_input"):
+        invsharp.recon_input_images(dataclasses.replace(preset, recon_input="sense"), test)
 
 
 def test_presets_use_one_orientation_and_a_true_4x_mask():
