@@ -135,14 +135,14 @@ PRESETS = {
         steps=4, batch_size=2, checkpoint_every=2, eval_slices=4,
     ),
     "cpu": Preset(
-        description=("8.3 minutes wall on 2 idle cores (measured on a fresh clone, "
-                     "2026-12-04; 15 CPU-minutes): 64 px axial slices "
-                     "(one orientation: no voxel shared across splits), 8 coils close to "
-                     "the head, fastMRI "
+        description=("About 9 minutes wall on 2 idle cores (16 CPU-minutes measured "
+                     "2026-12-04): 64 px axial slices (one orientation: no voxel shared "
+                     "across splits), 16 coils close to the head (fastMRI: 15-20), fastMRI "
                      "equispaced-fraction 4x mask, SNR 30 dB; recon model 1 (5 cascades) and "
-                     "the U-Net (regime row) 300 steps, 4 blocks x 5 convs x 32 and 300 steps "
-                     "per method; prints Tables 2, 3, the regime and claims tables (the "
-                     "ablation of Fig. 3b, three more trainings, only with --ablation)."),
+                     "the U-Net (regime row) start from CG-SENSE and train 300 steps; 4 "
+                     "blocks x 5 convs x 32 and 300 steps per method; prints Tables 2, 3, the "
+                     "regime and claims tables (the ablation of Fig. 3b, three more "
+                     "trainings, only with --ablation)."),
         image_size=64, num_coils=16, coil_radius=1.0, orientations=("axial",),
         recon_cascades=5, recon_convs=5, recon_features=32, unet_features=(16, 32, 64),
         recon_steps=300,
@@ -168,7 +168,7 @@ PRESETS = {
     ),
     "paper": Preset(
         description=("Paper (for a GPU): 12 blocks x 5 convs x 128 (5.4M), c 0.7, 2 inverse "
-                     "iterations, Adam 1e-3, batch 8, 50k steps; 320 px, 8 coils."),
+                     "iterations, Adam 1e-3, batch 8, 50k steps; 320 px, 16 coils."),
         image_size=320, num_coils=16, coil_radius=1.0, orientations=("axial",),
         regime_recon_models=(1, 2),
         recon_cascades=5, recon_convs=5, recon_features=64, unet_features=(32, 64, 128, 256),
