@@ -70,6 +70,7 @@ from jaxmri.data.nifti import NIFTI_SUFFIXES, read_nifti
 from jaxmri.data.slicing import resize_2d
 from jaxmri.data.sources import source_kind
 from jaxmri.metrics import fastmri_volume_metrics
+from jaxmri.train.cli import add_predict_flags
 from jaxmri.train.report import folder_name
 from jaxmri.train.run_record import read_run_record
 
@@ -546,20 +547,6 @@ def metrics_table(results: Sequence[dict]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Command line
-
-
-def add_predict_flags(parser: argparse.ArgumentParser) -> None:
-    """Add ``--predict PATH``, ``--out DIR`` and ``--all-methods`` to an experiment's parser."""
-    group = parser.add_argument_group("use a trained model (with --workdir RUN)")
-    group.add_argument("--predict", metavar="PATH", default=None,
-                       help="run the model trained in --workdir on every slice of PATH (a "
-                       "NIfTI volume, a fastMRI .h5 file or a folder of them) instead of "
-                       "training; --batch-size sets the slices per batch (default 8)")
-    group.add_argument("--out", metavar="DIR", type=Path, default=None,
-                       help="folder for --predict's outputs (default: RUN/predictions)")
-    group.add_argument("--all-methods", action="store_true",
-                       help="with --predict: write every output of the method (baselines, "
-                       "variants), not only its main one")
 
 
 def predict_command(args: argparse.Namespace,

@@ -1,14 +1,16 @@
 """The command line shared by every experiment module (``python -m experiments.NAME ...``).
 
 An experiment builds its parser with :func:`experiment_parser`, passing its presets (frozen
-dataclasses whose docstrings give the command, minutes and expected table), parses, and calls
-:func:`setup_from_args`, which joins a multi-process run when asked and creates the workdir::
+dataclasses whose docstrings give the command, minutes and expected table), adds its own flags
+and hands the rest to :func:`run_experiment`: parsing, ``--predict``, ``--seeds``, then
+:func:`setup_from_args` (which joins a multi-process run when asked and creates the workdir)
+and the experiment's own ``train(args, setup)``::
 
-    parser = experiment_parser(__doc__, presets=PRESETS)
-    args = parser.parse_args()
-    setup = setup_from_args(args)
-    config = setup.preset
-    ...
+    @exit_on_user_error()
+    def main(argv=None):
+        parser = experiment_parser(__doc__, presets=PRESETS, name="demo", predict=True)
+        return run_experiment(main, parser, argv, train=train_and_evaluate,
+                              predict=functools.partial(predict_command, build=build_demo))
 
 Flags left unset are ``None`` (``--steps``, ``--batch-size``, ``--data``) so that the preset's
 value applies; ``--resume`` is ``None`` unless given, which :func:`jaxmri.train.loop.fit` reads
@@ -37,7 +39,7 @@ from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_summary",
            "exit_on_training_stop", "exit_on_user_error", "check_batch_size",
-           "argv_for_seed", "repeat_over_seeds"]
+           "argv_for_seed", "repeat_over_seeds", "add_predict_flags", "run_experiment"]
 
 # Workdirs that setup_from_args created in this process (the top-most folder it made), so that
 # exit_on_user_error can take them away again when the input turns out to be unusable.
@@ -189,6 +191,7 @@ def experiment_parser(
     presets: Mapping[str, object],
     default_preset: str = "cpu",
     name: str | None = None,
+    predict: bool = False,
 ) -> argparse.ArgumentParser:
     """The argparse parser of an experiment module.
 
@@ -199,6 +202,7 @@ def experiment_parser(
       default_preset: the preset used without ``--preset``; must be a key of ``presets``.
       name: the experiment's name for the default workdir ``runs/<name>/<preset>``; default
         the running script's file stem (``invsharp`` for ``python -m experiments.invsharp``).
+      predict: also add the ``--predict`` flags (:func:`add_predict_flags`).
     """
     if not presets:
         raise ValueError("presets must name at least one preset")
@@ -219,7 +223,9 @@ def experiment_parser(
         "--preset",
         choices=list(presets),
         default=default_preset,
-        help=f"model size and schedule to run (default: {default_preset}):\n{listing}",
+        # argparse %-formats help strings: a literal "%" ("20 % sampled") must be doubled.
+        help=f"model size and schedule to run (default: {default_preset}):\n"
+        + listing.replace("%", "%%"),
     )
     parser.add_argument(
         "--workdir",
@@ -296,6 +302,8 @@ def experiment_parser(
         default=0,
         help="multi-process run: this process's index, 0 .. num-processes - 1 (default: 0)",
     )
+    if predict:
+        add_predict_flags(parser)
     return parser
 
 
@@ -449,3 +457,50 @@ def repeat_over_seeds(main: Callable[[list[str]], object], argv: Sequence[str] |
         Path("runs") / args.experiment / args.preset)
     return run_over_seeds(lambda seed, folder: main(argv_for_seed(argv, seed, folder)),
                           args.seeds, workdir)
+
+
+def add_predict_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--predict PATH``, ``--out DIR`` and ``--all-methods`` to an experiment's parser.
+
+    :func:`jaxmri.predict.predict_command` reads them; ``experiment_parser(..., predict=True)``
+    adds them."""
+    group = parser.add_argument_group("use a trained model (with --workdir RUN)")
+    group.add_argument("--predict", metavar="PATH", default=None,
+                       help="run the model trained in --workdir on every slice of PATH (a "
+                       "NIfTI volume, a fastMRI .h5 file or a folder of them) instead of "
+                       "training; --batch-size sets the slices per batch (default 8)")
+    group.add_argument("--out", metavar="DIR", type=Path, default=None,
+                       help="folder for --predict's outputs (default: RUN/predictions)")
+    group.add_argument("--all-methods", action="store_true",
+                       help="with --predict: write every output of the method (baselines, "
+                       "variants), not only its main one")
+
+
+def run_experiment(main: Callable[[list[str]], object], parser: argparse.ArgumentParser,
+                   argv: Sequence[str] | None, *,
+                   train: Callable[[argparse.Namespace, ExperimentSetup], object],
+                   predict: Callable[[argparse.Namespace], object] | None = None) -> object:
+    """The body every experiment's ``main`` shares: parse, then predict, repeat or train.
+
+    1. ``argv`` is parsed (``None``: ``sys.argv[1:]``) by ``parser``, from
+       :func:`experiment_parser` (with ``predict=True`` when ``predict`` is given).
+    2. ``--predict PATH``: returns ``predict(args)`` (a trained model applied to files, e.g.
+       :func:`jaxmri.predict.predict_command` with the experiment's builder); nothing is
+       trained and no workdir is created.
+    3. ``--seeds``: returns :func:`repeat_over_seeds` of ``main`` (which calls ``main`` again
+       once per seed, each time without ``--seeds``).
+    4. Otherwise :func:`setup_from_args` (CPU settings, multi-process join, workdir,
+       ``run.json``), then returns ``train(args, setup)`` inside :func:`exit_on_training_stop`
+       (Ctrl-C: exit 130 after the checkpoint; a non-finite loss: exit 1).
+
+    ``main`` is the experiment's entry point, normally wrapped in :func:`exit_on_user_error`,
+    which turns a :class:`jaxmri.errors.UserInputError` raised anywhere here into one line.
+    """
+    args = parser.parse_args(argv)
+    if predict is not None and getattr(args, "predict", None) is not None:
+        return predict(args)
+    if args.seeds is not None:
+        return repeat_over_seeds(main, argv, args)
+    setup = setup_from_args(args)
+    with exit_on_training_stop():
+        return train(args, setup)
