@@ -91,7 +91,7 @@ from jaxmri.train import (
     write_results,
 )
 from jaxmri.train.claims import Claim, RegimeRow, report_claims
-from jaxmri.train.cli import exit_on_user_error, experiment_parser, run_experiment
+from jaxmri.train.cli import SplitPreset, exit_on_user_error, experiment_parser, run_experiment
 from jaxmri.train.figures import save_line_profile, save_loss_curves, save_panel, structure_box
 
 PAIRS = ("ZF", "GB", "DSN", "DSGAN")
@@ -107,7 +107,7 @@ _L1_STEP = dsgan.make_l1_train_step(input_key="input", target_key="target")
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(SplitPreset):
     """One configuration of the DSGAN + EDSR experiment (see ``description``)."""
 
     description: str
@@ -131,11 +131,6 @@ class Preset:
     edsr_batch: int
     edsr_steps: int
     edsr_learning_rate: float
-    # One orientation per split (jaxmri.data.slicing: orientations intersect, so a position
-    # split over several leaks test voxels into training); coronal has the most slices, and a
-    # larger test fraction keeps about as many test slices as three orientations gave.
-    orientation: str = "coronal"
-    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
 
 
 PRESETS = {

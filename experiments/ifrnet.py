@@ -70,6 +70,7 @@ from jaxmri.train import (
 )
 from jaxmri.train.claims import Claim, RegimeRow, report_claims, setting_rows
 from jaxmri.train.cli import (
+    SplitPreset,
     check_batch_size,
     exit_on_user_error,
     experiment_parser,
@@ -83,7 +84,7 @@ LEARNED = ("ADMM-Net", "IFR-Net", "D5-C5", "U-Net")
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(SplitPreset):
     """One configuration of the IFR-Net experiment (see ``description``)."""
 
     description: str
@@ -110,11 +111,6 @@ class Preset:
     ablation_steps: int
     ablation_stages: int
     snr_db: float | None = None
-    # One orientation per split (jaxmri.data.slicing: orientations intersect, so a position
-    # split over several leaks test voxels into training); coronal has the most slices, and a
-    # larger test fraction keeps about as many test slices as three orientations gave.
-    orientation: str = "coronal"
-    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
 
 
 PRESETS = {

@@ -77,7 +77,6 @@ from jaxmri.train.cli import check_batch_size, exit_on_user_error, experiment_pa
 from jaxmri.train.figures import save_line_profile, save_loss_curves, save_panel
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """One configuration of the InvSharpNet experiment (see ``description``)."""

@@ -73,7 +73,13 @@ from jaxmri.train import (
     write_results,
 )
 from jaxmri.train.claims import Claim, RegimeRow, report_claims, setting_rows
-from jaxmri.train.cli import check_batch_size, exit_on_user_error, experiment_parser, run_experiment
+from jaxmri.train.cli import (
+    SplitPreset,
+    check_batch_size,
+    exit_on_user_error,
+    experiment_parser,
+    run_experiment,
+)
 from jaxmri.train.figures import save_loss_curves, save_panel
 
 METRICS = ("PSNR", "SSIM", "LPIPS", "time_s")
@@ -83,7 +89,7 @@ TABLE3 = ("CG-SENSE+bicubic", "MoDL+bicubic", "Proposed")
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(SplitPreset):
     """One configuration of the joint Rec/SR experiment (see ``description``)."""
 
     description: str
@@ -114,11 +120,6 @@ class Preset:
     cg_lam: float = 1e-3
     snr_db: float | None = 30.0
     warmup_steps: int = 0
-    # One orientation per split (jaxmri.data.slicing: orientations intersect, so a position
-    # split over several leaks test voxels into training); coronal has the most slices, and a
-    # larger test fraction keeps about as many test slices as three orientations gave.
-    orientation: str = "coronal"
-    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
 
 
 PRESETS = {

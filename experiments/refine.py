@@ -102,7 +102,13 @@ from jaxmri.train import (
     write_results,
 )
 from jaxmri.train.claims import Claim, RegimeRow, report_claims
-from jaxmri.train.cli import check_batch_size, exit_on_user_error, experiment_parser, run_experiment
+from jaxmri.train.cli import (
+    SplitPreset,
+    check_batch_size,
+    exit_on_user_error,
+    experiment_parser,
+    run_experiment,
+)
 from jaxmri.train.report import markdown_grid, write_table
 from jaxmri.train.figures import save_loss_curves, save_panel, structure_box
 
@@ -111,7 +117,7 @@ RECON_KEYS = ("zero_filled", "kspace", "mask", "maps", "target")
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(SplitPreset):
     """Sizes and schedules of one run (``description``'s first line is the --help summary)."""
 
     description: str
@@ -140,11 +146,6 @@ class Preset:
     cs_iters: int = 100
     eval_batch: int = 8
     checkpoint_every: int = 200
-    # One orientation per split (jaxmri.data.slicing: orientations intersect, so a position
-    # split over several leaks test voxels into training); coronal has the most slices, and a
-    # larger test fraction keeps about as many test slices as three orientations gave.
-    orientation: str = "coronal"
-    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
     # The networks' convolution (jaxmri.cpu.conv_for: the XLA:CPU one on a CPU device).
     conv_general_dilated: Callable = jax.lax.conv_general_dilated
 

@@ -37,8 +37,8 @@ from jaxmri.train.claims import run_over_seeds
 from jaxmri.train.run_record import RUN_RECORD, write_run_record
 from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
-__all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_summary",
-           "exit_on_training_stop", "exit_on_user_error", "check_batch_size",
+__all__ = ["ExperimentSetup", "SplitPreset", "experiment_parser", "setup_from_args",
+           "preset_summary", "exit_on_training_stop", "exit_on_user_error", "check_batch_size",
            "argv_for_seed", "repeat_over_seeds", "add_predict_flags", "run_experiment"]
 
 # Workdirs that setup_from_args created in this process (the top-most folder it made), so that
@@ -107,6 +107,28 @@ def exit_on_training_stop():
     except NonFiniteLossError as err:
         print(f"\nstopped: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SplitPreset:
+    """Base of the presets of experiments that train on slices: which slices form the splits.
+
+    A subclass (a frozen dataclass) adds the experiment's own fields, with or without defaults
+    (these two are keyword-only, so they may come first); pass them to
+    :func:`jaxmri.data.load_splits`. ``--predict`` slices a user's NIfTI volume along
+    ``orientation`` too, as the model was trained.
+
+    Attributes:
+      orientation: the one slicing axis of every split (``"sagittal"``, ``"coronal"`` or
+        ``"axial"``). Slices of two orientations intersect, so a split by position over several
+        would leak test voxels into training (:mod:`jaxmri.data.slicing`); coronal has the most
+        slices of the embedded template.
+      split_fractions: ``(train, val, test)`` fractions of the slice positions; the large test
+        fraction keeps about as many test slices as three orientations gave.
+    """
+
+    orientation: str = "coronal"
+    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
 
 
 def preset_summary(preset: object) -> str:

@@ -275,3 +275,23 @@ def test_help_shows_a_percent_sign_of_a_preset_description(capsys):
     with pytest.raises(SystemExit):
         experiment_parser("Demo.", presets={"cpu": Percent()}, name="demo").parse_args(["--help"])
     assert "Table IV at 20 % only" in capsys.readouterr().out
+
+
+def test_split_preset_gives_one_orientation_to_every_subclass():
+    from jaxmri.train.cli import SplitPreset
+
+    @dataclasses.dataclass(frozen=True)
+    class Demo(SplitPreset):
+        description: str  # no default after the base's defaulted fields: allowed (kw_only)
+        steps: int = 3
+
+    demo = Demo(description="d")
+    assert (demo.orientation, demo.split_fractions, demo.steps) == (
+        "coronal", (0.55, 0.15, 0.3), 3)
+    assert sum(demo.split_fractions) == pytest.approx(1.0)
+    axial = Demo(description="d", orientation="axial")
+    assert axial.orientation == "axial" and axial != demo
+    assert dataclasses.replace(demo, steps=5).orientation == "coronal"
+    assert hash(demo) == hash(Demo(description="d"))  # presets key caches (refine's programs)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        demo.orientation = "axial"
