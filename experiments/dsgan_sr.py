@@ -91,7 +91,13 @@ from jaxmri.train import (
     write_results,
 )
 from jaxmri.train.claims import Claim, RegimeRow, report_claims
-from jaxmri.train.cli import SplitPreset, exit_on_user_error, experiment_parser, run_experiment
+from jaxmri.train.cli import (
+    SplitPreset,
+    exit_on_user_error,
+    experiment_parser,
+    override_preset,
+    run_experiment,
+)
 from jaxmri.train.figures import save_line_profile, save_loss_curves, save_panel, structure_box
 
 PAIRS = ("ZF", "GB", "DSN", "DSGAN")
@@ -234,7 +240,7 @@ def train_dsgan(train: dict, preset: Preset, workdir: Path, args) -> np.ndarray:
     conv = dict(conv_general_dilated=args.conv_general_dilated)
     generator = dsgan.DeepLinearGenerator(features=preset.gan_features, **conv)
     discriminator = dsgan.PatchDiscriminator(features=preset.gan_features, **conv)
-    steps = args.steps or preset.gan_steps
+    steps = preset.gan_steps
     # The paper's schedule periods (200 iterations between weight updates, learning rate / 10
     # every 750), shortened only for runs too short to see three weight updates.
     update_every = max(1, min(200, steps // 3))
@@ -287,7 +293,7 @@ def make_pairs(train: dict, kernel_hat: np.ndarray, gb_sigma: float, preset: Pre
     }
     dsn = dsgan.DownsamplingNet(features=preset.dsn_features, num_layers=preset.dsn_layers,
                                 conv_general_dilated=args.conv_general_dilated)
-    steps = args.steps or preset.dsn_steps
+    steps = preset.dsn_steps
     batch_fn = random_batches({"input": train["hr"], "target": train["lr"]},
                               batch_size=min(8, len(train["hr"])), seed=args.seed)
     variables = train_l1(dsn, train["hr"], steps=steps, batch_fn=batch_fn,
@@ -301,8 +307,7 @@ def train_edsr(lr: np.ndarray, hr: np.ndarray, preset: Preset, workdir: Path, ar
     """One EDSR on a pair set; returns ``(module, variables)``."""
     module = EDSR(num_blocks=preset.edsr_blocks, features=preset.edsr_features, scale=2,
                   conv_general_dilated=args.conv_general_dilated)
-    steps = args.steps or preset.edsr_steps
-    batch = args.batch_size or preset.edsr_batch
+    steps, batch = preset.edsr_steps, preset.edsr_batch
     batch_fn = _renamed(dsgan.sr_batches(lr, hr, lr_crop=preset.edsr_lr_crop, batch_size=batch,
                                          seed=args.seed), {"lr": "input", "hr": "target"})
     variables = train_l1(module, lr, steps=steps, batch_fn=batch_fn,
@@ -410,8 +415,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def run(args, setup) -> dict:
-    """Train every stage and evaluate (``main`` without the command line)."""
-    preset, workdir = setup.preset, setup.workdir
+    """Train every stage and evaluate (``main`` without the command line); ``--steps`` sets
+    every network's steps, ``--batch-size`` the EDSRs' batch."""
+    preset = override_preset(setup.preset, gan_steps=args.steps, dsn_steps=args.steps,
+                             edsr_steps=args.steps, edsr_batch=args.batch_size)
+    workdir = setup.workdir
     clock = time.perf_counter()
 
     def stage(text: str) -> None:

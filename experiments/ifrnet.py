@@ -74,6 +74,7 @@ from jaxmri.train.cli import (
     check_batch_size,
     exit_on_user_error,
     experiment_parser,
+    override_preset,
     run_experiment,
 )
 from jaxmri.train.figures import save_loss_curves, save_panel, structure_box
@@ -264,7 +265,7 @@ def train_method(method: str, module: nn.Module, data: dict, preset: Preset, wor
     predict = predictor(method, module)
     variables = jax.jit(module.init)(jax.random.PRNGKey(args.seed),
                                      *_example_inputs(method, train))
-    batch_size = args.batch_size or preset.batch_size
+    batch_size = preset.batch_size
     tx = optax.adam(preset.learning_rate)
     state = create_train_state(module, tx, variables)
     state = fit(train_step=ifr.make_train_step(predict), state=state,
@@ -334,9 +335,9 @@ def image_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]
 def run_setting(setting: str, slices: dict, preset: Preset, workdir: Path, args) -> dict:
     """Evaluate every method on one mask; returns ``{'per_slice', 'outputs', 'ifr'}``."""
     data = load_setting(slices, preset, setting)
-    check_batch_size(args.batch_size or preset.batch_size, len(data["train"]["target"]))
+    check_batch_size(preset.batch_size, len(data["train"]["target"]))
     test = data["test"]
-    batch = min(args.batch_size or preset.batch_size, len(test["target"]))
+    batch = min(preset.batch_size, len(test["target"]))
     rate = float(np.mean(test["mask"]))
     print(f"[{setting}] sampled fraction {100 * rate:.1f} %, {len(data['train']['target'])} "
           f"train / {len(test['target'])} test slices")
@@ -356,7 +357,7 @@ def run_setting(setting: str, slices: dict, preset: Preset, workdir: Path, args)
     for method in preset.learned:
         module = build_model(method, preset, conv_general_dilated=args.conv_general_dilated)
         variables = train_method(method, module, data, preset, workdir / setting / method, args,
-                                 steps=args.steps or preset.steps)
+                                 steps=preset.steps)
         trained[method] = (module, variables)
         predict = predictor(method, module)
         fn = jax.jit(lambda kspace, mask, zero_filled, p=predict, v=variables: p(
@@ -405,7 +406,7 @@ def run_ablations(slices: dict, preset: Preset, workdir: Path, args) -> dict:
     """IFR-Net variants at 40 % pseudo-radial: blocks, filters, initialisation, sharing."""
     data = load_setting(slices, preset, "radial40")
     test = data["test"]
-    batch = min(args.batch_size or preset.batch_size, len(test["target"]))
+    batch = min(preset.batch_size, len(test["target"]))
     base = dict(num_stages=preset.ablation_stages, num_blocks=2, features=8, filter_init="dct")
     variants = {
         "K=2 (DCT)": base,
@@ -529,7 +530,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def run(args, setup) -> dict:
     """Train and evaluate every mask setting of the preset (``main`` without the command line)."""
-    preset, workdir = setup.preset, setup.workdir
+    preset = override_preset(setup.preset, steps=args.steps, batch_size=args.batch_size)
+    workdir = setup.workdir
     check_batch_size(args.batch_size, preset.num_train, what="training slices of the preset")
     print(f"IFR-Net experiment, preset {setup.preset_name}, workdir {workdir}")
     slices = load_splits(args.data, image_size=preset.image_size,

@@ -78,6 +78,7 @@ from jaxmri.train.cli import (
     check_batch_size,
     exit_on_user_error,
     experiment_parser,
+    override_preset,
     run_experiment,
 )
 from jaxmri.train.figures import save_loss_curves, save_panel
@@ -337,8 +338,7 @@ def train(method: str, train_split: dict, preset: Preset, workdir: Path, args) -
     """
     conv = args.conv_general_dilated
     module, predict, weights, rec_target = build(method, preset, conv)
-    steps = args.steps or preset.steps
-    batch_size = args.batch_size or preset.batch_size
+    steps, batch_size = preset.steps, preset.batch_size
     key = jax.random.PRNGKey(args.seed)
     batch_fn = random_batches(train_split, batch_size=batch_size, seed=args.seed)
     variables = jax.jit(module.init)(key, *_inputs(method, train_split, 1))
@@ -408,10 +408,10 @@ def run_mask(mask_name: str, preset: Preset, workdir: Path, args) -> dict:
     """Train and evaluate every method of one mask setting; writes its tables and figures."""
     data = load_data(preset, mask_name, args.data)
     tr, test = data["train"], data["test"]
-    check_batch_size(args.batch_size or preset.batch_size, len(tr["target"]))
+    check_batch_size(preset.batch_size, len(tr["target"]))
     print(f"[{mask_name}] {len(tr['target'])} train / {len(test['target'])} test slices, "
           f"{test['target'].shape[-1]}px HR, LR sampled fraction {test['mask'].mean():.3f}")
-    batch = min(args.batch_size or preset.batch_size, len(test["target"]))
+    batch = min(preset.batch_size, len(test["target"]))
     hr = np.abs(test["target"])
     outputs, per_slice = {}, {}
     t0 = time.perf_counter()
@@ -532,7 +532,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run(args, setup) -> dict:
     """Train and evaluate every mask of the preset (``main`` without the command line)."""
-    preset, workdir = setup.preset, setup.workdir
+    preset = override_preset(setup.preset, steps=args.steps, batch_size=args.batch_size)
+    workdir = setup.workdir
     check_batch_size(args.batch_size, preset.num_train, what="training slices of the preset")
     print(f"joint_recsr: preset {setup.preset_name}, workdir {workdir}")
     start = time.perf_counter()

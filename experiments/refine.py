@@ -107,6 +107,7 @@ from jaxmri.train.cli import (
     check_batch_size,
     exit_on_user_error,
     experiment_parser,
+    override_preset,
     run_experiment,
 )
 from jaxmri.train.report import markdown_grid, write_table
@@ -438,14 +439,10 @@ def evaluate(recons: dict[str, np.ndarray], test_acq, segment, seg_vars, *, eval
 
 
 def _override(preset: Preset, steps: int | None, batch: int | None) -> Preset:
-    changes = {}
-    if steps is not None:
-        changes.update(seg_steps=steps, recnet_steps=steps, refine_steps=steps,
-                       joint_steps=steps)
-    if batch is not None:
-        changes.update(seg_batch=batch, recnet_batch=batch, refine_batch=batch,
-                       joint_batch=batch)
-    return dataclasses.replace(preset, **changes)
+    """``--steps`` / ``--batch-size`` set every training stage's (``None``: the preset's)."""
+    return override_preset(preset, seg_steps=steps, recnet_steps=steps, refine_steps=steps,
+                           joint_steps=steps, seg_batch=batch, recnet_batch=batch,
+                           refine_batch=batch, joint_batch=batch)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,8 +38,9 @@ from jaxmri.train.run_record import RUN_RECORD, write_run_record
 from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["ExperimentSetup", "SplitPreset", "experiment_parser", "setup_from_args",
-           "preset_summary", "exit_on_training_stop", "exit_on_user_error", "check_batch_size",
-           "argv_for_seed", "repeat_over_seeds", "add_predict_flags", "run_experiment"]
+           "preset_summary", "override_preset", "exit_on_training_stop", "exit_on_user_error",
+           "check_batch_size", "argv_for_seed", "repeat_over_seeds", "add_predict_flags",
+           "run_experiment"]
 
 # Workdirs that setup_from_args created in this process (the top-most folder it made), so that
 # exit_on_user_error can take them away again when the input turns out to be unusable.
@@ -129,6 +130,16 @@ class SplitPreset:
 
     orientation: str = "coronal"
     split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
+
+
+def override_preset(preset: Any, **fields: Any) -> Any:
+    """``preset`` (a frozen dataclass) with ``fields`` replaced, except those whose value is
+    ``None``: a flag left unset (``--steps``, ``--batch-size``) keeps the preset's value.
+
+    One flag may set several fields, e.g. every training stage's steps:
+    ``override_preset(preset, seg_steps=args.steps, recnet_steps=args.steps)``.
+    """
+    return dataclasses.replace(preset, **{k: v for k, v in fields.items() if v is not None})
 
 
 def preset_summary(preset: object) -> str:

@@ -295,3 +295,21 @@ def test_split_preset_gives_one_orientation_to_every_subclass():
     assert hash(demo) == hash(Demo(description="d"))  # presets key caches (refine's programs)
     with pytest.raises(dataclasses.FrozenInstanceError):
         demo.orientation = "axial"
+
+
+def test_override_preset_replaces_only_the_flags_given():
+    from jaxmri.train.cli import override_preset
+
+    @dataclasses.dataclass(frozen=True)
+    class Stages:
+        seg_steps: int = 10
+        gan_steps: int = 20
+        batch: int = 4
+
+    preset = Stages()
+    assert override_preset(preset, seg_steps=None, batch=None) == preset  # flags not given
+    both = override_preset(preset, seg_steps=7, gan_steps=7, batch=None)
+    assert (both.seg_steps, both.gan_steps, both.batch) == (7, 7, 4)
+    assert preset.seg_steps == 10  # a new preset; the registry's stays as it was
+    with pytest.raises(TypeError):
+        override_preset(preset, no_such_field=1)
