@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -78,6 +77,7 @@ from jaxmri.train.cli import (
     run_experiment,
 )
 from jaxmri.train.figures import save_loss_curves, save_panel, structure_box
+from jaxmri.train.report import write_table
 
 METRICS = ("PSNR", "HFEN", "SSIM", "time_ms")
 PRECISION = {"PSNR": 2, "HFEN": 3, "SSIM": 4, "time_ms": 2}
@@ -447,11 +447,9 @@ def run_ablations(slices: dict, preset: Preset, workdir: Path, args) -> dict:
 
 
 def _combined(name: str, title: str, summaries: dict, workdir: Path) -> None:
-    blocks = [f"## {title}", ""]
-    for setting in summaries:
-        blocks.append((workdir / f"table_{setting}.md").read_text())
-    (workdir / f"{name}.md").write_text("\n".join(blocks))
-    (workdir / f"{name}.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    """``<name>.md``: the per-setting tables under one heading; ``<name>.json``: the summaries."""
+    blocks = [f"## {title}", "", *((workdir / f"table_{s}.md").read_text() for s in summaries)]
+    write_table("\n".join(blocks), summaries, workdir, name, echo=False)
 
 
 # --------------------------------------------------------------------------------------------
