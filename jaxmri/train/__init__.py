@@ -11,7 +11,8 @@
 * :mod:`jaxmri.train.claims`: a paper's claims judged on paired per-slice metrics (Wilcoxon,
   bootstrap interval, verdict), the regime table of its baselines, repeats over seeds.
 * :mod:`jaxmri.train.figures`: PNG panels (images, error maps, zooms, k-space) and line profiles.
-* :mod:`jaxmri.train.cli`: the argparse command line shared by every experiment.
+* :mod:`jaxmri.train.cli`: the command line and ``main`` skeleton shared by every experiment
+  (:func:`~jaxmri.train.cli.run_experiment`, presets' shared fields and flag overrides).
 * :mod:`jaxmri.train.distributed`: joining a multi-process run.
 
 This package never imports :mod:`jaxmri.models` or :mod:`jaxmri.data`.
