@@ -72,8 +72,9 @@ def exit_on_user_error():
     Used by every experiment's ``main`` (as a decorator or a ``with`` block). The message is
     printed on one line on stderr, without a traceback; a workdir that :func:`setup_from_args`
     created for this run is removed again if nothing was written into it (folders only, never a
-    file). ``--resume`` without a checkpoint is reported in terms of the flag. Every other
-    exception passes through with its traceback: on valid input it is a bug.
+    file; only during the run that created it). ``--resume`` without a checkpoint is reported in
+    terms of the flag. Every other exception passes through with its traceback: on valid input it
+    is a bug.
     """
     try:
         yield
@@ -88,6 +89,11 @@ def exit_on_user_error():
             _remove_empty_folders(_created_workdirs.pop())
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        # The run is over: its workdir is no longer this process's to take away. Without this a
+        # later user error in the same process (a --predict on a bad file after training, from
+        # Python) would delete the finished run's run.json.
+        _created_workdirs.clear()
 
 
 @contextlib.contextmanager

@@ -313,3 +313,37 @@ def test_override_preset_replaces_only_the_flags_given():
     assert preset.seg_steps == 10  # a new preset; the registry's stays as it was
     with pytest.raises(TypeError):
         override_preset(preset, no_such_field=1)
+
+
+def test_a_later_user_error_leaves_a_finished_run_alone(tmp_path, capsys):
+    # Train, then (same process, as from Python) a --predict that is refused: the trained
+    # run's folder and run.json stay. Only a run refused before training leaves nothing behind.
+    from jaxmri.errors import UserInputError
+    from jaxmri.train.cli import exit_on_user_error, run_experiment
+
+    def refuse(args):
+        raise UserInputError("this file has 4 coils")
+
+    @exit_on_user_error()
+    def main(argv=None):
+        parser = experiment_parser("Demo.", presets=PRESETS, name="demo", predict=True)
+        return run_experiment(main, parser, argv, train=lambda args, setup: "trained",
+                              predict=refuse)
+
+    run = tmp_path / "run"
+    assert main(["--workdir", str(run)]) == "trained"
+    with pytest.raises(SystemExit) as refused:
+        main(["--workdir", str(run), "--predict", "x.h5"])
+    assert refused.value.code == 2 and "4 coils" in capsys.readouterr().err
+    assert (run / "run.json").is_file()
+
+    def bad_data(args, setup):
+        raise UserInputError("data path does not exist")
+
+    @exit_on_user_error()
+    def refused_run(argv):
+        return run_experiment(refused_run, parser(), argv, train=bad_data)
+
+    with pytest.raises(SystemExit):
+        refused_run(["--workdir", str(tmp_path / "new" / "run")])
+    assert not (tmp_path / "new").exists()
