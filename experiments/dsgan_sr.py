@@ -65,7 +65,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmri.data import load_slices
+from experiments.predictors import build_dsgan_sr
+from jaxmri.data import SPLIT_SEEDS, load_splits
 from jaxmri.metrics import brisque_score, mscn_coefficients, psnr, ssim
 from jaxmri.metrics.graded_quality import fit_quality_regressor, graded_distortions
 from jaxmri.models import dsgan
@@ -79,26 +80,26 @@ from jaxmri.physics.lowres import (
     select_gaussian_sigma,
     scanner_lowres,
 )
+from jaxmri.predict import predict_command
 from jaxmri.train import (
     create_train_state,
     fit,
     map_batches,
     random_batches,
+    spread_indices,
     summarise,
     write_results,
 )
-from jaxmri.predict import add_predict_flags, predict_command
 from jaxmri.train.claims import Claim, RegimeRow, report_claims
 from jaxmri.train.cli import (
-    exit_on_training_stop,
+    SplitPreset,
     exit_on_user_error,
     experiment_parser,
-    repeat_over_seeds,
-    setup_from_args,
+    override_preset,
+    run_experiment,
 )
 from jaxmri.train.figures import save_line_profile, save_loss_curves, save_panel, structure_box
 
-SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 PAIRS = ("ZF", "GB", "DSN", "DSGAN")
 # Candidate widths of the GB baseline, HR pixels (1.5, the paper's pick, included).
 GB_SIGMAS = tuple(round(0.5 + 0.1 * i, 1) for i in range(21))
@@ -112,7 +113,7 @@ _L1_STEP = dsgan.make_l1_train_step(input_key="input", target_key="target")
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(SplitPreset):
     """One configuration of the DSGAN + EDSR experiment (see ``description``)."""
 
     description: str
@@ -136,11 +137,6 @@ class Preset:
     edsr_batch: int
     edsr_steps: int
     edsr_learning_rate: float
-    # One orientation per split (jaxmri.data.slicing: orientations intersect, so a position
-    # split over several leaks test voxels into training); coronal has the most slices, and a
-    # larger test fraction keeps about as many test slices as three orientations gave.
-    orientation: str = "coronal"
-    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
 
 
 PRESETS = {
@@ -195,10 +191,7 @@ PRESETS = {
 
 
 def _subset(images: np.ndarray, count: int) -> np.ndarray:
-    n = len(images)
-    if count >= n:
-        return images
-    return images[np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))]
+    return images[spread_indices(len(images), count)]
 
 
 def denoise_nlm(images: np.ndarray, noise_std: float) -> np.ndarray:
@@ -247,7 +240,7 @@ def train_dsgan(train: dict, preset: Preset, workdir: Path, args) -> np.ndarray:
     conv = dict(conv_general_dilated=args.conv_general_dilated)
     generator = dsgan.DeepLinearGenerator(features=preset.gan_features, **conv)
     discriminator = dsgan.PatchDiscriminator(features=preset.gan_features, **conv)
-    steps = args.steps or preset.gan_steps
+    steps = preset.gan_steps
     # The paper's schedule periods (200 iterations between weight updates, learning rate / 10
     # every 750), shortened only for runs too short to see three weight updates.
     update_every = max(1, min(200, steps // 3))
@@ -300,7 +293,7 @@ def make_pairs(train: dict, kernel_hat: np.ndarray, gb_sigma: float, preset: Pre
     }
     dsn = dsgan.DownsamplingNet(features=preset.dsn_features, num_layers=preset.dsn_layers,
                                 conv_general_dilated=args.conv_general_dilated)
-    steps = args.steps or preset.dsn_steps
+    steps = preset.dsn_steps
     batch_fn = random_batches({"input": train["hr"], "target": train["lr"]},
                               batch_size=min(8, len(train["hr"])), seed=args.seed)
     variables = train_l1(dsn, train["hr"], steps=steps, batch_fn=batch_fn,
@@ -314,8 +307,7 @@ def train_edsr(lr: np.ndarray, hr: np.ndarray, preset: Preset, workdir: Path, ar
     """One EDSR on a pair set; returns ``(module, variables)``."""
     module = EDSR(num_blocks=preset.edsr_blocks, features=preset.edsr_features, scale=2,
                   conv_general_dilated=args.conv_general_dilated)
-    steps = args.steps or preset.edsr_steps
-    batch = args.batch_size or preset.edsr_batch
+    steps, batch = preset.edsr_steps, preset.edsr_batch
     batch_fn = _renamed(dsgan.sr_batches(lr, hr, lr_crop=preset.edsr_lr_crop, batch_size=batch,
                                          seed=args.seed), {"lr": "input", "hr": "target"})
     variables = train_l1(module, lr, steps=steps, batch_fn=batch_fn,
@@ -417,114 +409,112 @@ def regime_rows() -> list[RegimeRow]:
 @exit_on_user_error()
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the experiment; returns ``{'table2', 'table3', 'kernel', 'claims'}``."""
-    parser = experiment_parser(__doc__, presets=PRESETS, name="dsgan_sr")
-    add_predict_flags(parser)
-    args = parser.parse_args(argv)
-    if args.predict is not None:  # use a trained model instead of training
-        from experiments.predictors import build_dsgan_sr
+    parser = experiment_parser(__doc__, presets=PRESETS, name="dsgan_sr", predict=True)
+    return run_experiment(main, parser, argv, train=run,
+                          predict=functools.partial(predict_command, build=build_dsgan_sr))
 
-        return predict_command(args, build_dsgan_sr)
-    if args.seeds is not None:
-        return repeat_over_seeds(main, argv, args)
-    setup = setup_from_args(args)
-    preset, workdir = setup.preset, setup.workdir
+
+def run(args, setup) -> dict:
+    """Train every stage and evaluate (``main`` without the command line); ``--steps`` sets
+    every network's steps, ``--batch-size`` the EDSRs' batch."""
+    preset = override_preset(setup.preset, gan_steps=args.steps, dsn_steps=args.steps,
+                             edsr_steps=args.steps, edsr_batch=args.batch_size)
+    workdir = setup.workdir
     clock = time.perf_counter()
 
     def stage(text: str) -> None:
         print(f"[{time.perf_counter() - clock:6.1f} s] {text}")
 
     print(f"DSGAN + EDSR experiment, preset {setup.preset_name}, workdir {workdir}")
-    with exit_on_training_stop():
-        slices = {s: load_slices(args.data, image_size=preset.image_size, split=s,
-                                 orientations=(preset.orientation,),
-                                 fractions=preset.split_fractions)["image"]
-                  for s in SPLIT_SEEDS}
-        train = scanner_data(_subset(slices["train"], preset.num_train), preset,
-                             SPLIT_SEEDS["train"])
-        test = scanner_data(_subset(slices["test"], preset.num_test), preset,
-                            SPLIT_SEEDS["test"])
-        print(f"scanner LR: {len(train['hr'])} train / {len(test['hr'])} test slices, "
-              f"{preset.image_size} -> {preset.image_size // 2} px, misregistration up to "
-              f"{preset.max_shift} px, noise {preset.noise_std}")
+    slices = {split: arrays["image"] for split, arrays in load_splits(
+        args.data, image_size=preset.image_size, orientation=preset.orientation,
+        fractions=preset.split_fractions).items()}
+    train = scanner_data(_subset(slices["train"], preset.num_train), preset,
+                         SPLIT_SEEDS["train"])
+    test = scanner_data(_subset(slices["test"], preset.num_test), preset,
+                        SPLIT_SEEDS["test"])
+    print(f"scanner LR: {len(train['hr'])} train / {len(test['hr'])} test slices, "
+          f"{preset.image_size} -> {preset.image_size // 2} px, misregistration up to "
+          f"{preset.max_shift} px, noise {preset.noise_std}")
 
-        stage("stage 1: downsampling GAN")
-        kernel_hat = train_dsgan(train, preset, workdir / "dsgan", args)
-        stage("stage 2: LR/HR pair sets (ZF, GB, DSN, DSGAN)")
-        gb_sigma, gb_errors = select_gaussian_sigma(train["hr"], train["lr"], GB_SIGMAS)
-        print(f"GB sigma {gb_sigma} (best match of the blurred-downsampled HR to the real LR "
-              f"on the training pairs, {10 * np.log10(1 / gb_errors.min()):.1f} dB; sigma 1.5, "
-              f"the paper's scanner's: {10 * np.log10(1 / gb_errors[GB_SIGMAS.index(1.5)]):.1f}"
-              " dB)")
-        pairs = make_pairs(train, kernel_hat, gb_sigma, preset, workdir, args)
+    stage("stage 1: downsampling GAN")
+    kernel_hat = train_dsgan(train, preset, workdir / "dsgan", args)
+    stage("stage 2: LR/HR pair sets (ZF, GB, DSN, DSGAN)")
+    gb_sigma, gb_errors = select_gaussian_sigma(train["hr"], train["lr"], GB_SIGMAS)
+    print(f"GB sigma {gb_sigma} (best match of the blurred-downsampled HR to the real LR "
+          f"on the training pairs, {10 * np.log10(1 / gb_errors.min()):.1f} dB; sigma 1.5, "
+          f"the paper's scanner's: {10 * np.log10(1 / gb_errors[GB_SIGMAS.index(1.5)]):.1f}"
+          " dB)")
+    pairs = make_pairs(train, kernel_hat, gb_sigma, preset, workdir, args)
 
-        stage("stage 3: EDSR per pair set")
-        outputs = {"Bicubic": np.asarray(bicubic_resize(jnp.asarray(test["lr"]),
-                                                        test["hr"].shape[-2:]))}
-        for name in PAIRS:
-            module, variables = train_edsr(pairs[name], train["hr"], preset,
-                                           workdir / f"edsr_{name.lower()}", args, name)
-            outputs[f"{name} + EDSR"] = apply_net(module, variables, test["lr"])
+    stage("stage 3: EDSR per pair set")
+    outputs = {"Bicubic": np.asarray(bicubic_resize(jnp.asarray(test["lr"]),
+                                                    test["hr"].shape[-2:]))}
+    for name in PAIRS:
+        module, variables = train_edsr(pairs[name], train["hr"], preset,
+                                       workdir / f"edsr_{name.lower()}", args, name)
+        outputs[f"{name} + EDSR"] = apply_net(module, variables, test["lr"])
 
-        stage("stage 4: evaluation")
-        graded, labels = graded_distortions(
-            np.random.default_rng(SPLIT_SEEDS["val"]), _subset(slices["val"], preset.num_graded))
-        regressor = fit_quality_regressor(graded, labels, data_range=1.0)
-        per_slice = evaluate(test, outputs, regressor)
-        summary = summarise(per_slice)
-        note = (f"mean ± sd over {len(test['hr'])} test slices; SR of scanner LR vs the "
-                "misregistered HR; BRISQUE = the published (LIVE-trained) regressor; graded NR "
-                "(ours) = SVR on the BRISQUE features fitted to our graded blur/noise/ringing "
-                "set (0 clean .. 100 worst)")
-        table2 = {k: summary[k] for k in ("Bicubic", "ZF + EDSR", "GB + EDSR", "DSGAN + EDSR")}
-        table3 = {k: summary[k] for k in ("DSN + EDSR", "DSGAN + EDSR")}
-        write_results(table2, workdir, "table2", metrics=METRICS, precision=PRECISION,
-                      title=f"Table 2 analog: {note}")
-        write_results(table3, workdir, "table3", metrics=METRICS, precision=PRECISION,
-                      title=f"Table 3 analog: {note}")
+    stage("stage 4: evaluation")
+    graded, labels = graded_distortions(
+        np.random.default_rng(SPLIT_SEEDS["val"]), _subset(slices["val"], preset.num_graded))
+    regressor = fit_quality_regressor(graded, labels, data_range=1.0)
+    per_slice = evaluate(test, outputs, regressor)
+    summary = summarise(per_slice)
+    note = (f"mean ± sd over {len(test['hr'])} test slices; SR of scanner LR vs the "
+            "misregistered HR; BRISQUE = the published (LIVE-trained) regressor; graded NR "
+            "(ours) = SVR on the BRISQUE features fitted to our graded blur/noise/ringing "
+            "set (0 clean .. 100 worst)")
+    table2 = {k: summary[k] for k in ("Bicubic", "ZF + EDSR", "GB + EDSR", "DSGAN + EDSR")}
+    table3 = {k: summary[k] for k in ("DSN + EDSR", "DSGAN + EDSR")}
+    write_results(table2, workdir, "table2", metrics=METRICS, precision=PRECISION,
+                  title=f"Table 2 analog: {note}")
+    write_results(table3, workdir, "table3", metrics=METRICS, precision=PRECISION,
+                  title=f"Table 3 analog: {note}")
 
-        truth = scanner_kernel()
-        bins = np.linspace(-3.0, 3.0, 61)
-        hists = {"real LR": mscn_histogram(train["lr"], bins)}
-        hists.update({f"{n} LR": mscn_histogram(pairs[n], bins) for n in ("DSGAN", "GB", "ZF")})
-        width = bins[1] - bins[0]
+    truth = scanner_kernel()
+    bins = np.linspace(-3.0, 3.0, 61)
+    hists = {"real LR": mscn_histogram(train["lr"], bins)}
+    hists.update({f"{n} LR": mscn_histogram(pairs[n], bins) for n in ("DSGAN", "GB", "ZF")})
+    width = bins[1] - bins[0]
 
-        def hist_distance(name: str) -> float:
-            return float(np.abs(hists[name] - hists["real LR"]).sum() * width)
+    def hist_distance(name: str) -> float:
+        return float(np.abs(hists[name] - hists["real LR"]).sum() * width)
 
-        kernel_rows = {
-            "DSGAN kernel": {"rel. kernel error": relative_kernel_error(kernel_hat, truth),
-                             "MSCN hist. L1 to real LR": hist_distance("DSGAN LR")},
-            f"Gaussian sigma {gb_sigma}": {
-                "rel. kernel error": relative_kernel_error(gaussian_kernel(sigma=gb_sigma), truth),
-                "MSCN hist. L1 to real LR": hist_distance("GB LR")},
-        }
-        kernel_summary = summarise({row: {m: np.array([v]) for m, v in vals.items()}
-                                    for row, vals in kernel_rows.items()})
-        write_results(kernel_summary, workdir, "kernel_error", precision=4,
-                      title="Kernel estimation vs the true scanner kernel (evaluation only): "
-                      "relative L2 error; L1 distance of MSCN histograms to real LR")
+    kernel_rows = {
+        "DSGAN kernel": {"rel. kernel error": relative_kernel_error(kernel_hat, truth),
+                         "MSCN hist. L1 to real LR": hist_distance("DSGAN LR")},
+        f"Gaussian sigma {gb_sigma}": {
+            "rel. kernel error": relative_kernel_error(gaussian_kernel(sigma=gb_sigma), truth),
+            "MSCN hist. L1 to real LR": hist_distance("GB LR")},
+    }
+    kernel_summary = summarise({row: {m: np.array([v]) for m, v in vals.items()}
+                                for row, vals in kernel_rows.items()})
+    write_results(kernel_summary, workdir, "kernel_error", precision=4,
+                  title="Kernel estimation vs the true scanner kernel (evaluation only): "
+                  "relative L2 error; L1 distance of MSCN histograms to real LR")
 
-        stage("figures")
-        save_mscn_figure(workdir / "fig5_mscn.png", hists, bins)
-        save_panel(workdir / "kernels.png",
-                   {"true": truth, "DSGAN": kernel_hat,
-                    f"Gaussian {gb_sigma}": gaussian_kernel(sigma=gb_sigma)},
-                   target_key="true")
-        i = 0
-        save_panel(workdir / "fig4_outputs.png",
-                   {**{k: np.clip(v[i], 0, 1) for k, v in outputs.items()},
-                    "HR": test["hr"][i]}, target_key="HR",
-                   zoom_box=structure_box(test["hr"][i]),
-                   title=f"Fig. 4 analog: x2 SR of scanner LR, test slice {i}")
-        row = train["lr"].shape[1] // 2
-        save_line_profile(workdir / "fig6_profiles.png", {
-            "HR (bicubic-resized)": np.asarray(bicubic_resize(jnp.asarray(train["hr"][0]),
-                                                              train["lr"].shape[1:])),
-            "real LR": train["lr"][0], "DSN LR": pairs["DSN"][0],
-            "DSGAN LR": pairs["DSGAN"][0]}, row)
-        claims = report_claims(paper_claims(), per_slice, workdir, regime=regime_rows())
-        save_loss_curves(workdir)
-        stage("done")
+    stage("figures")
+    save_mscn_figure(workdir / "fig5_mscn.png", hists, bins)
+    save_panel(workdir / "kernels.png",
+               {"true": truth, "DSGAN": kernel_hat,
+                f"Gaussian {gb_sigma}": gaussian_kernel(sigma=gb_sigma)},
+               target_key="true")
+    i = 0
+    save_panel(workdir / "fig4_outputs.png",
+               {**{k: np.clip(v[i], 0, 1) for k, v in outputs.items()},
+                "HR": test["hr"][i]}, target_key="HR",
+               zoom_box=structure_box(test["hr"][i]),
+               title=f"Fig. 4 analog: x2 SR of scanner LR, test slice {i}")
+    row = train["lr"].shape[1] // 2
+    save_line_profile(workdir / "fig6_profiles.png", {
+        "HR (bicubic-resized)": np.asarray(bicubic_resize(jnp.asarray(train["hr"][0]),
+                                                          train["lr"].shape[1:])),
+        "real LR": train["lr"][0], "DSN LR": pairs["DSN"][0],
+        "DSGAN LR": pairs["DSGAN"][0]}, row)
+    claims = report_claims(paper_claims(), per_slice, workdir, regime=regime_rows())
+    save_loss_curves(workdir)
+    stage("done")
     return {"table2": table2, "table3": table3, "kernel": kernel_summary, **claims}
 
 

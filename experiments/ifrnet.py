@@ -38,8 +38,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -49,7 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmri.data import acquire_slices, load_slices
+from experiments.predictors import build_ifrnet
+from jaxmri.data import SPLIT_SEEDS, acquire_slices, load_splits
 from jaxmri.metrics import hfen, psnr, ssim
 from jaxmri.models import ifrnet as ifr
 from jaxmri.models.recon import DCCascade, UNetRecon
@@ -58,34 +57,35 @@ from jaxmri.physics import (
     pseudo_radial_mask,
     variable_density_random_mask,
 )
+from jaxmri.predict import predict_command
 from jaxmri.train import (
     create_train_state,
     fit,
-    map_batches,
     random_batches,
+    spread_indices,
     summarise,
+    timed_map_batches,
     write_results,
 )
-from jaxmri.predict import add_predict_flags, predict_command
 from jaxmri.train.claims import Claim, RegimeRow, report_claims, setting_rows
 from jaxmri.train.cli import (
+    SplitPreset,
     check_batch_size,
-    exit_on_training_stop,
     exit_on_user_error,
     experiment_parser,
-    repeat_over_seeds,
-    setup_from_args,
+    override_preset,
+    run_experiment,
 )
 from jaxmri.train.figures import save_loss_curves, save_panel, structure_box
+from jaxmri.train.report import write_table
 
-SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 METRICS = ("PSNR", "HFEN", "SSIM", "time_ms")
 PRECISION = {"PSNR": 2, "HFEN": 3, "SSIM": 4, "time_ms": 2}
 LEARNED = ("ADMM-Net", "IFR-Net", "D5-C5", "U-Net")
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(SplitPreset):
     """One configuration of the IFR-Net experiment (see ``description``)."""
 
     description: str
@@ -112,11 +112,6 @@ class Preset:
     ablation_steps: int
     ablation_stages: int
     snr_db: float | None = None
-    # One orientation per split (jaxmri.data.slicing: orientations intersect, so a position
-    # split over several leaks test voxels into training); coronal has the most slices, and a
-    # larger test fraction keeps about as many test slices as three orientations gave.
-    orientation: str = "coronal"
-    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
 
 
 PRESETS = {
@@ -219,15 +214,10 @@ def load_setting(slices: dict, preset: Preset, setting: str) -> dict[str, dict]:
     """``{split: acquisition}`` of one mask setting (a different seed per split)."""
     mask_fn = mask_function(setting, preset.image_size)
     counts = {"train": preset.num_train, "val": preset.num_val, "test": preset.num_test}
-    out = {}
-    for split, count in counts.items():
-        n = len(slices[split]["image"])
-        indices = np.arange(min(count, n))
-        if count < n:  # spread the subset over the whole split
-            indices = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
-        out[split] = real_valued_acquisition(slices[split], indices, mask_fn=mask_fn,
-                                             seed=SPLIT_SEEDS[split], snr_db=preset.snr_db)
-    return out
+    return {split: real_valued_acquisition(
+                slices[split], spread_indices(len(slices[split]["image"]), count),
+                mask_fn=mask_fn, seed=SPLIT_SEEDS[split], snr_db=preset.snr_db)
+            for split, count in counts.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +265,7 @@ def train_method(method: str, module: nn.Module, data: dict, preset: Preset, wor
     predict = predictor(method, module)
     variables = jax.jit(module.init)(jax.random.PRNGKey(args.seed),
                                      *_example_inputs(method, train))
-    batch_size = args.batch_size or preset.batch_size
+    batch_size = preset.batch_size
     tx = optax.adam(preset.learning_rate)
     state = create_train_state(module, tx, variables)
     state = fit(train_step=ifr.make_train_step(predict), state=state,
@@ -295,15 +285,15 @@ def _example_inputs(method: str, split: dict) -> tuple:
             jnp.ones_like(b["kspace"])[:, None])
 
 
-def run_inference(fn: Callable, split: dict, batch_size: int) -> tuple[np.ndarray, float]:
-    """``(|outputs| (N, H, W), milliseconds per slice)``; compile time excluded by a warm-up."""
-    arrays = {k: split[k] for k in ("kspace", "mask", "zero_filled")}
-    warm = {k: v[:batch_size] for k, v in arrays.items()}
-    map_batches(fn, warm, batch_size=batch_size)
-    start = time.perf_counter()
-    out = map_batches(fn, arrays, batch_size=batch_size)
-    elapsed = time.perf_counter() - start
-    return np.abs(np.asarray(out)).astype(np.float32), 1e3 * elapsed / len(split["target"])
+def evaluate_method(fn: Callable, test: dict, batch_size: int) -> tuple[np.ndarray, dict]:
+    """``(|outputs| (N, H, W), per-slice metrics)`` of ``fn(kspace, mask, zero_filled)`` on the
+    test split: :func:`image_metrics` and ``time_ms``, milliseconds per slice (compile time
+    excluded by a warm-up), the same for every slice."""
+    arrays = {k: test[k] for k in ("kspace", "mask", "zero_filled")}
+    out, seconds = timed_map_batches(fn, arrays, batch_size=batch_size)
+    out = np.abs(np.asarray(out)).astype(np.float32)
+    return out, {**image_metrics(out, test["target"]),
+                 "time_ms": np.full(len(test["target"]), 1e3 * seconds)}
 
 
 def tune_ifr_cs(val: dict, preset: Preset) -> dict:
@@ -345,40 +335,34 @@ def image_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]
 def run_setting(setting: str, slices: dict, preset: Preset, workdir: Path, args) -> dict:
     """Evaluate every method on one mask; returns ``{'per_slice', 'outputs', 'ifr'}``."""
     data = load_setting(slices, preset, setting)
-    check_batch_size(args.batch_size or preset.batch_size, len(data["train"]["target"]))
+    check_batch_size(preset.batch_size, len(data["train"]["target"]))
     test = data["test"]
-    batch = min(args.batch_size or preset.batch_size, len(test["target"]))
+    batch = min(preset.batch_size, len(test["target"]))
     rate = float(np.mean(test["mask"]))
     print(f"[{setting}] sampled fraction {100 * rate:.1f} %, {len(data['train']['target'])} "
           f"train / {len(test['target'])} test slices")
     outputs, per_slice = {}, {}
 
     zf_fn = jax.jit(lambda kspace, mask, zero_filled: zero_filled)
-    outputs["Zero-filled"], ms = run_inference(zf_fn, test, batch)
-    per_slice["Zero-filled"] = {**image_metrics(outputs["Zero-filled"], test["target"]),
-                                "time_ms": np.full(len(test["target"]), ms)}
+    outputs["Zero-filled"], per_slice["Zero-filled"] = evaluate_method(zf_fn, test, batch)
 
     tuned = tune_ifr_cs(data["val"], preset)
     cs = {k: tuned[k] for k in ("threshold", "rho", "v", "num_iters")}
     print(f"[{setting}] IFR-CS: threshold {cs['threshold']}, rho {cs['rho']}, V {cs['v']} "
           f"(best of the grid on val, {tuned['val_psnr']:.2f} dB), {cs['num_iters']} iterations")
     cs_fn = jax.jit(lambda kspace, mask, zero_filled: ifr.ifr_cs(kspace, mask, **cs))
-    outputs["IFR-CS"], ms = run_inference(cs_fn, test, batch)
-    per_slice["IFR-CS"] = {**image_metrics(outputs["IFR-CS"], test["target"]),
-                           "time_ms": np.full(len(test["target"]), ms)}
+    outputs["IFR-CS"], per_slice["IFR-CS"] = evaluate_method(cs_fn, test, batch)
 
     trained = {}
     for method in preset.learned:
         module = build_model(method, preset, conv_general_dilated=args.conv_general_dilated)
         variables = train_method(method, module, data, preset, workdir / setting / method, args,
-                                 steps=args.steps or preset.steps)
+                                 steps=preset.steps)
         trained[method] = (module, variables)
         predict = predictor(method, module)
         fn = jax.jit(lambda kspace, mask, zero_filled, p=predict, v=variables: p(
             v, {"kspace": kspace, "mask": mask, "zero_filled": zero_filled}))
-        outputs[method], ms = run_inference(fn, test, batch)
-        per_slice[method] = {**image_metrics(outputs[method], test["target"]),
-                             "time_ms": np.full(len(test["target"]), ms)}
+        outputs[method], per_slice[method] = evaluate_method(fn, test, batch)
     summary = summarise(per_slice)
     write_results(summary, workdir, f"table_{setting}", metrics=METRICS, precision=PRECISION,
                   title=f"{setting}: {100 * rate:.1f} % sampled, mean ± sd over "
@@ -422,7 +406,7 @@ def run_ablations(slices: dict, preset: Preset, workdir: Path, args) -> dict:
     """IFR-Net variants at 40 % pseudo-radial: blocks, filters, initialisation, sharing."""
     data = load_setting(slices, preset, "radial40")
     test = data["test"]
-    batch = min(args.batch_size or preset.batch_size, len(test["target"]))
+    batch = min(preset.batch_size, len(test["target"]))
     base = dict(num_stages=preset.ablation_stages, num_blocks=2, features=8, filter_init="dct")
     variants = {
         "K=2 (DCT)": base,
@@ -442,9 +426,7 @@ def run_ablations(slices: dict, preset: Preset, workdir: Path, args) -> dict:
                                  steps=preset.ablation_steps)
         fn = jax.jit(lambda kspace, mask, zero_filled, m=module, v=variables: m.apply(
             v, kspace, mask))
-        out, ms = run_inference(fn, test, batch)
-        per_slice[name] = {**image_metrics(out, test["target"]),
-                           "time_ms": np.full(len(test["target"]), ms)}
+        _, per_slice[name] = evaluate_method(fn, test, batch)
     summary = summarise(per_slice)
     tables = {
         "table_ii": (["K=2 (DCT)", "K=3", "K=4"], "Table II: blocks K (DCT init, L=8)"),
@@ -465,11 +447,9 @@ def run_ablations(slices: dict, preset: Preset, workdir: Path, args) -> dict:
 
 
 def _combined(name: str, title: str, summaries: dict, workdir: Path) -> None:
-    blocks = [f"## {title}", ""]
-    for setting in summaries:
-        blocks.append((workdir / f"table_{setting}.md").read_text())
-    (workdir / f"{name}.md").write_text("\n".join(blocks))
-    (workdir / f"{name}.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    """``<name>.md``: the per-setting tables under one heading; ``<name>.json``: the summaries."""
+    blocks = [f"## {title}", "", *((workdir / f"table_{s}.md").read_text() for s in summaries)]
+    write_table("\n".join(blocks), summaries, workdir, name, echo=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,49 +519,43 @@ def regime_rows(settings: Sequence[str]) -> list[RegimeRow]:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the experiment; returns ``{'table_iv': {mask: summary}, 'table_v': {...},
     'claims': [...], 'regime': [...]}``."""
-    parser = experiment_parser(__doc__, presets=PRESETS, name="ifrnet")
-    add_predict_flags(parser)
+    parser = experiment_parser(__doc__, presets=PRESETS, name="ifrnet", predict=True)
     parser.add_argument("--ablations", action="store_true",
                         help="also train the IFR-Net variants of Tables II, III, IX and X")
-    args = parser.parse_args(argv)
-    if args.predict is not None:  # use a trained model instead of training
-        from experiments.predictors import build_ifrnet
+    return run_experiment(main, parser, argv, train=run,
+                          predict=functools.partial(predict_command, build=build_ifrnet))
 
-        return predict_command(args, build_ifrnet)
-    if args.seeds is not None:
-        return repeat_over_seeds(main, argv, args)
-    setup = setup_from_args(args)
-    preset, workdir = setup.preset, setup.workdir
+
+def run(args, setup) -> dict:
+    """Train and evaluate every mask setting of the preset (``main`` without the command line)."""
+    preset = override_preset(setup.preset, steps=args.steps, batch_size=args.batch_size)
+    workdir = setup.workdir
     check_batch_size(args.batch_size, preset.num_train, what="training slices of the preset")
     print(f"IFR-Net experiment, preset {setup.preset_name}, workdir {workdir}")
-    with exit_on_training_stop():
-        slices = {split: load_slices(args.data, image_size=preset.image_size, split=split,
-                                     orientations=(preset.orientation,),
-                                     fractions=preset.split_fractions)
-                  for split in SPLIT_SEEDS}
-        table_iv = [f"radial{round(100 * r)}" for r in preset.table_iv_rates]
-        settings = list(dict.fromkeys(table_iv + list(preset.table_v_masks)))
-        results = {s: run_setting(s, slices, preset, workdir, args) for s in settings}
-        out = {
-            "table_iv": {s: results[s]["summary"] for s in table_iv},
-            "table_v": {s: results[s]["summary"] for s in preset.table_v_masks},
-        }
-        _combined("table_iv", "Table IV analog: pseudo-radial sampling rates", out["table_iv"],
-                  workdir)
-        _combined("table_v", "Table V analog: sampling patterns at 25 %", out["table_v"],
-                  workdir)
-        fig_setting = "2d_random" if "2d_random" in results else settings[0]
-        if "IFR-Net" in results[fig_setting]["trained"]:
-            module, variables = results[fig_setting]["trained"]["IFR-Net"]
-            save_t_maps(workdir / "fig12_t_maps.png", module, variables,
-                        results[fig_setting]["data"]["test"],
-                        f"IFR-Net feature descriptor maps, {fig_setting}")
-        if args.ablations:
-            out["ablations"] = run_ablations(slices, preset, workdir, args)
-        out.update(report_claims(
-            paper_claims(settings), setting_rows({s: results[s]["per_slice"] for s in settings}),
-            workdir, regime=regime_rows(settings)))
-        save_loss_curves(workdir)
+    slices = load_splits(args.data, image_size=preset.image_size,
+                         orientation=preset.orientation, fractions=preset.split_fractions)
+    table_iv = [f"radial{round(100 * r)}" for r in preset.table_iv_rates]
+    settings = list(dict.fromkeys(table_iv + list(preset.table_v_masks)))
+    results = {s: run_setting(s, slices, preset, workdir, args) for s in settings}
+    out = {
+        "table_iv": {s: results[s]["summary"] for s in table_iv},
+        "table_v": {s: results[s]["summary"] for s in preset.table_v_masks},
+    }
+    _combined("table_iv", "Table IV analog: pseudo-radial sampling rates", out["table_iv"],
+              workdir)
+    _combined("table_v", "Table V analog: sampling patterns at 25 %", out["table_v"], workdir)
+    fig_setting = "2d_random" if "2d_random" in results else settings[0]
+    if "IFR-Net" in results[fig_setting]["trained"]:
+        module, variables = results[fig_setting]["trained"]["IFR-Net"]
+        save_t_maps(workdir / "fig12_t_maps.png", module, variables,
+                    results[fig_setting]["data"]["test"],
+                    f"IFR-Net feature descriptor maps, {fig_setting}")
+    if args.ablations:
+        out["ablations"] = run_ablations(slices, preset, workdir, args)
+    out.update(report_claims(
+        paper_claims(settings), setting_rows({s: results[s]["per_slice"] for s in settings}),
+        workdir, regime=regime_rows(settings)))
+    save_loss_curves(workdir)
     return out
 
 

@@ -56,7 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmri.data import acquire_slices, load_slices
+from experiments.predictors import build_invsharp
+from jaxmri.data import SPLIT_SEEDS, acquire_slices, load_slices
 from jaxmri.errors import UserInputError
 from jaxmri.metrics import lpips, psnr, ssim, ssim_contrast
 from jaxmri.models import invsharp as isn
@@ -74,19 +75,10 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.predict import add_predict_flags, predict_command
+from jaxmri.predict import predict_command
 from jaxmri.train.claims import Claim, RegimeRow, report_claims
-from jaxmri.train.cli import (
-    check_batch_size,
-    exit_on_training_stop,
-    exit_on_user_error,
-    experiment_parser,
-    repeat_over_seeds,
-    setup_from_args,
-)
+from jaxmri.train.cli import check_batch_size, exit_on_user_error, experiment_parser, run_experiment
 from jaxmri.train.figures import save_line_profile, save_loss_curves, save_panel
-
-SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -517,8 +509,7 @@ def regime_rows(per_slice: dict) -> list[RegimeRow]:
 
 @exit_on_user_error()
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = experiment_parser(__doc__, presets=PRESETS, name="invsharp")
-    add_predict_flags(parser)
+    parser = experiment_parser(__doc__, presets=PRESETS, name="invsharp", predict=True)
     parser.add_argument("--recon-model", type=int, choices=(1, 2), default=1,
                         help="which reconstruction model makes the blurry input: 1 = DC "
                              "cascade (Table 2), 2 = U-Net (Table A1)")
@@ -537,14 +528,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
                              "combination (VS-Net, the DC paper 000 cites; not a projection), "
                              "'projection' = exact projection onto the images consistent with "
                              "the measurement (by CG)")
-    args = parser.parse_args(argv)
-    if args.predict is not None:  # use a trained model instead of training
-        from experiments.predictors import build_invsharp
+    return run_experiment(main, parser, argv, train=_run_setup,
+                          predict=functools.partial(predict_command, build=build_invsharp))
 
-        return predict_command(args, build_invsharp)
-    if args.seeds is not None:
-        return repeat_over_seeds(main, argv, args)
-    setup = setup_from_args(args)
+
+def _run_setup(args, setup) -> dict:
+    """The preset's steps and batch size where no flag overrides them, then :func:`run`."""
     preset: Preset = setup.preset
     workdir = Path(setup.workdir)
     args.steps = args.steps or preset.steps
@@ -552,8 +541,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                             else args.steps)
     args.batch_size = args.batch_size or preset.batch_size
     started = time.time()
-    with exit_on_training_stop():
-        summary = run(preset, args, workdir)
+    summary = run(preset, args, workdir)
     save_loss_curves(workdir)
     minutes = (time.time() - started) / 60
     print(f"[invsharp] done in {minutes:.1f} min; results in {workdir}")

@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmri.data import acquire_slices, load_slices
+from experiments.predictors import build_joint_recsr
+from jaxmri.data import SPLIT_SEEDS, acquire_slices, load_splits
 from jaxmri.metrics import lpips, psnr, ssim
 from jaxmri.models import joint_recsr as jr
 from jaxmri.models.recon import DCCascade
@@ -60,27 +61,28 @@ from jaxmri.physics import (
     poisson_disc_mask,
     sense_adjoint,
 )
+from jaxmri.predict import predict_command
 from jaxmri.train import (
     create_train_state,
     fit,
     map_batches,
     random_batches,
+    spread_indices,
     summarise,
+    timed_map_batches,
     write_results,
 )
-from jaxmri.predict import add_predict_flags, predict_command
 from jaxmri.train.claims import Claim, RegimeRow, report_claims, setting_rows
 from jaxmri.train.cli import (
+    SplitPreset,
     check_batch_size,
-    exit_on_training_stop,
     exit_on_user_error,
     experiment_parser,
-    repeat_over_seeds,
-    setup_from_args,
+    override_preset,
+    run_experiment,
 )
 from jaxmri.train.figures import save_loss_curves, save_panel
 
-SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 METRICS = ("PSNR", "SSIM", "LPIPS", "time_s")
 PRECISION = {"PSNR": 2, "SSIM": 4, "LPIPS": 4, "time_s": 4}
 TABLE1 = ("SR", "Recon", "Recon-SR", "Recon+SR", "Proposed")
@@ -88,7 +90,7 @@ TABLE3 = ("CG-SENSE+bicubic", "MoDL+bicubic", "Proposed")
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(SplitPreset):
     """One configuration of the joint Rec/SR experiment (see ``description``)."""
 
     description: str
@@ -119,11 +121,6 @@ class Preset:
     cg_lam: float = 1e-3
     snr_db: float | None = 30.0
     warmup_steps: int = 0
-    # One orientation per split (jaxmri.data.slicing: orientations intersect, so a position
-    # split over several leaks test voxels into training); coronal has the most slices, and a
-    # larger test fraction keeps about as many test slices as three orientations gave.
-    orientation: str = "coronal"
-    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
 
 
 PRESETS = {
@@ -239,17 +236,14 @@ def simulate_split(slices: dict, indices: np.ndarray, *, mask_name: str, seed: i
 
 def load_data(preset: Preset, mask_name: str, data) -> dict[str, dict]:
     """``{'train': ..., 'test': ...}`` acquisitions of one mask (a different seed per split)."""
-    out = {}
-    for split, count in (("train", preset.num_train), ("test", preset.num_test)):
-        slices = load_slices(data, image_size=preset.image_size, split=split,
-                             orientations=(preset.orientation,),
-                             fractions=preset.split_fractions)
-        n = len(slices["image"])
-        indices = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64))
-        out[split] = simulate_split(slices, indices, mask_name=mask_name,
-                                    seed=SPLIT_SEEDS[split], num_coils=preset.num_coils,
-                                    snr_db=preset.snr_db)
-    return out
+    slices = load_splits(data, image_size=preset.image_size, orientation=preset.orientation,
+                         fractions=preset.split_fractions, splits=("train", "test"))
+    counts = {"train": preset.num_train, "test": preset.num_test}
+    return {split: simulate_split(slices[split], spread_indices(len(slices[split]["image"]),
+                                                                counts[split]),
+                                  mask_name=mask_name, seed=SPLIT_SEEDS[split],
+                                  num_coils=preset.num_coils, snr_db=preset.snr_db)
+            for split in counts}
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,8 +338,7 @@ def train(method: str, train_split: dict, preset: Preset, workdir: Path, args) -
     """
     conv = args.conv_general_dilated
     module, predict, weights, rec_target = build(method, preset, conv)
-    steps = args.steps or preset.steps
-    batch_size = args.batch_size or preset.batch_size
+    steps, batch_size = preset.steps, preset.batch_size
     key = jax.random.PRNGKey(args.seed)
     batch_fn = random_batches(train_split, batch_size=batch_size, seed=args.seed)
     variables = jax.jit(module.init)(key, *_inputs(method, train_split, 1))
@@ -393,11 +386,9 @@ INPUT_KEYS = ("zero_filled", "kspace", "mask", "maps", "maps_hr")
 
 def timed(fn: Callable, split: dict, batch_size: int) -> tuple[np.ndarray, float]:
     """``(outputs, seconds per slice)`` of ``fn(**inputs)``; compile time excluded by a warm-up."""
-    arrays = {k: split[k] for k in INPUT_KEYS}
-    map_batches(fn, {k: v[:batch_size] for k, v in arrays.items()}, batch_size=batch_size)
-    start = time.perf_counter()
-    out = map_batches(fn, arrays, batch_size=batch_size)
-    return np.asarray(out), (time.perf_counter() - start) / len(split["target"])
+    out, seconds = timed_map_batches(fn, {k: split[k] for k in INPUT_KEYS},
+                                     batch_size=batch_size)
+    return np.asarray(out), seconds
 
 
 def image_metrics(pred: np.ndarray, target: np.ndarray, seconds: float) -> dict:
@@ -417,10 +408,10 @@ def run_mask(mask_name: str, preset: Preset, workdir: Path, args) -> dict:
     """Train and evaluate every method of one mask setting; writes its tables and figures."""
     data = load_data(preset, mask_name, args.data)
     tr, test = data["train"], data["test"]
-    check_batch_size(args.batch_size or preset.batch_size, len(tr["target"]))
+    check_batch_size(preset.batch_size, len(tr["target"]))
     print(f"[{mask_name}] {len(tr['target'])} train / {len(test['target'])} test slices, "
           f"{test['target'].shape[-1]}px HR, LR sampled fraction {test['mask'].mean():.3f}")
-    batch = min(args.batch_size or preset.batch_size, len(test["target"]))
+    batch = min(preset.batch_size, len(test["target"]))
     hr = np.abs(test["target"])
     outputs, per_slice = {}, {}
     t0 = time.perf_counter()
@@ -534,28 +525,24 @@ def regime_rows(rows_by_mask: dict[str, Sequence[str]]) -> list[RegimeRow]:
 def main(argv: list[str] | None = None) -> dict:
     """Run the experiment; returns ``{mask: {'table1': summary, 'table3': summary,
     'per_slice': {row: {metric: values}}}}``; claims and regime go to files in the workdir."""
-    parser = experiment_parser(__doc__, presets=PRESETS, name="joint_recsr")
-    add_predict_flags(parser)
-    args = parser.parse_args(argv)
-    if args.predict is not None:  # use a trained model instead of training
-        from experiments.predictors import build_joint_recsr
+    parser = experiment_parser(__doc__, presets=PRESETS, name="joint_recsr", predict=True)
+    return run_experiment(main, parser, argv, train=run,
+                          predict=functools.partial(predict_command, build=build_joint_recsr))
 
-        return predict_command(args, build_joint_recsr)
-    if args.seeds is not None:
-        return repeat_over_seeds(main, argv, args)
-    setup = setup_from_args(args)
-    preset, workdir = setup.preset, setup.workdir
+
+def run(args, setup) -> dict:
+    """Train and evaluate every mask of the preset (``main`` without the command line)."""
+    preset = override_preset(setup.preset, steps=args.steps, batch_size=args.batch_size)
+    workdir = setup.workdir
     check_batch_size(args.batch_size, preset.num_train, what="training slices of the preset")
     print(f"joint_recsr: preset {setup.preset_name}, workdir {workdir}")
     start = time.perf_counter()
-    results = {}
-    with exit_on_training_stop():
-        for mask_name in preset.masks:
-            results[mask_name] = run_mask(mask_name, preset, workdir, args)
-        rows = {m: list(results[m]["per_slice"]) for m in preset.masks}
-        report_claims(paper_claims(rows), setting_rows({m: results[m]["per_slice"]
-                                                        for m in preset.masks}),
-                      workdir, regime=regime_rows(rows))
+    results = {mask_name: run_mask(mask_name, preset, workdir, args)
+               for mask_name in preset.masks}
+    rows = {m: list(results[m]["per_slice"]) for m in preset.masks}
+    report_claims(paper_claims(rows), setting_rows({m: results[m]["per_slice"]
+                                                    for m in preset.masks}),
+                  workdir, regime=regime_rows(rows))
     save_loss_curves(workdir)
     print(f"joint_recsr: done in {(time.perf_counter() - start) / 60:.1f} minutes")
     return results

@@ -5,7 +5,8 @@ run's flags from ``run.json``. Each restores the trained states from the workdir
 (the same layout the experiment trains into), checks them against the preset's model, and
 says how a volume's slices become the model's inputs:
 
-* images (NIfTI; the RSS of fully sampled k-space for the image-domain SR method): the
+* images (NIfTI, sliced along the orientation of the preset's training slices:
+  ``Method.orientation``; the RSS of fully sampled k-space for the image-domain SR method): the
   experiment's own simulated acquisition, seeded by ``1000 * seed + 3`` (a split seed no
   training split uses) and the slice index;
 * k-space (fastMRI): the measured data with the file's mask, or the preset's mask drawn per
@@ -131,7 +132,9 @@ def build_invsharp(preset, flags, workdir: Path) -> Method:
                                                                    masks))
         return {**acq, "recon_input": invsharp.recon_input_images(preset, acq)}
 
-    return Method("invsharp", size, outputs, variables, apply, acquire_image, acquire_kspace)
+    (orientation,) = preset.orientations  # one per split (jaxmri.data.slicing)
+    return Method("invsharp", size, outputs, variables, apply, acquire_image, acquire_kspace,
+                  orientation=orientation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +166,7 @@ def build_dsgan_sr(preset, flags, workdir: Path) -> Method:
 
     # k-space input: the RSS image of the (fully sampled) data through the same simulation.
     return Method("dsgan_sr", size, outputs, variables, apply, acquire_image,
-                  undersampled_kspace=False)
+                  undersampled_kspace=False, orientation=preset.orientation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,7 +210,7 @@ def build_ifrnet(preset, flags, workdir: Path) -> Method:
                 "zero_filled": host_ifft2c(measured).astype(np.complex64)}
 
     return Method("ifrnet", size, (*learned, "Zero-filled"), variables, apply, acquire_image,
-                  acquire_kspace, single_coil=True)
+                  acquire_kspace, single_coil=True, orientation=preset.orientation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +254,7 @@ def build_refine(preset, flags, workdir: Path) -> Method:
                                                                     masks))
 
     return Method("refine", size, outputs, variables, apply, acquire_image, acquire_kspace,
-                  single_coil=True)
+                  single_coil=True, orientation=preset.orientation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,7 +326,7 @@ def build_joint_recsr(preset, flags, workdir: Path) -> Method:
                 "maps": maps, "maps_hr": calibration_maps(hr, masks)}
 
     return Method("joint_recsr", size, tuple(rows), variables, apply, acquire_image,
-                  acquire_kspace)
+                  acquire_kspace, orientation=preset.orientation)
 
 
 BUILDERS = {"invsharp": build_invsharp, "dsgan_sr": build_dsgan_sr, "ifrnet": build_ifrnet,

@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,6 +77,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
+from experiments.predictors import build_refine
 from jaxmri.data import acquire_slices, load_slices
 from jaxmri.errors import UserInputError
 from jaxmri.metrics import lpips, psnr, ssim
@@ -92,6 +92,7 @@ from jaxmri.models.segmenter import (
 from jaxmri.nn.patchgan import PatchGAN
 from jaxmri.physics import gaussian_cartesian_mask
 from jaxmri.physics.cs import l1_wavelet_fista
+from jaxmri.predict import predict_command
 from jaxmri.train import (
     create_train_state,
     fit,
@@ -100,16 +101,16 @@ from jaxmri.train import (
     summarise,
     write_results,
 )
-from jaxmri.predict import add_predict_flags, predict_command
 from jaxmri.train.claims import Claim, RegimeRow, report_claims
 from jaxmri.train.cli import (
+    SplitPreset,
     check_batch_size,
-    exit_on_training_stop,
     exit_on_user_error,
     experiment_parser,
-    repeat_over_seeds,
-    setup_from_args,
+    override_preset,
+    run_experiment,
 )
+from jaxmri.train.report import markdown_grid, write_table
 from jaxmri.train.figures import save_loss_curves, save_panel, structure_box
 
 NUM_CLASSES = 4  # background, CSF, grey matter, white matter (embedded MNI152 labels)
@@ -117,7 +118,7 @@ RECON_KEYS = ("zero_filled", "kspace", "mask", "maps", "target")
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(SplitPreset):
     """Sizes and schedules of one run (``description``'s first line is the --help summary)."""
 
     description: str
@@ -146,11 +147,6 @@ class Preset:
     cs_iters: int = 100
     eval_batch: int = 8
     checkpoint_every: int = 200
-    # One orientation per split (jaxmri.data.slicing: orientations intersect, so a position
-    # split over several leaks test voxels into training); coronal has the most slices, and a
-    # larger test fraction keeps about as many test slices as three orientations gave.
-    orientation: str = "coronal"
-    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
     # The networks' convolution (jaxmri.cpu.conv_for: the XLA:CPU one on a CPU device).
     conv_general_dilated: Callable = jax.lax.conv_general_dilated
 
@@ -443,14 +439,10 @@ def evaluate(recons: dict[str, np.ndarray], test_acq, segment, seg_vars, *, eval
 
 
 def _override(preset: Preset, steps: int | None, batch: int | None) -> Preset:
-    changes = {}
-    if steps is not None:
-        changes.update(seg_steps=steps, recnet_steps=steps, refine_steps=steps,
-                       joint_steps=steps)
-    if batch is not None:
-        changes.update(seg_batch=batch, recnet_batch=batch, refine_batch=batch,
-                       joint_batch=batch)
-    return dataclasses.replace(preset, **changes)
+    """``--steps`` / ``--batch-size`` set every training stage's (``None``: the preset's)."""
+    return override_preset(preset, seg_steps=steps, recnet_steps=steps, refine_steps=steps,
+                           joint_steps=steps, seg_batch=batch, recnet_batch=batch,
+                           refine_batch=batch, joint_batch=batch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,16 +486,14 @@ def regime_rows(joint_name: str) -> list[RegimeRow]:
 
 @exit_on_user_error()
 def main(argv: list[str] | None = None) -> dict:
-    parser = experiment_parser(__doc__, presets=PRESETS, name="refine")
-    add_predict_flags(parser)
-    args = parser.parse_args(argv)
-    if args.predict is not None:  # use a trained model instead of training
-        from experiments.predictors import build_refine
+    parser = experiment_parser(__doc__, presets=PRESETS, name="refine", predict=True)
+    return run_experiment(main, parser, argv, train=run,
+                          predict=functools.partial(predict_command, build=build_refine))
 
-        return predict_command(args, build_refine)
-    if args.seeds is not None:
-        return repeat_over_seeds(main, argv, args)
-    setup = setup_from_args(args)
+
+def run(args, setup) -> dict:
+    """The preset with the flags' overrides, then every stage (``main`` without the command
+    line)."""
     preset = dataclasses.replace(_override(setup.preset, args.steps, args.batch_size),
                                  conv_general_dilated=args.conv_general_dilated)
     workdir, seed = setup.workdir, args.seed
@@ -511,7 +501,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"device(s)")
     # Partitionable threefry makes XLA:CPU compile random initialisers ~10x slower (30 s
     # for a small U-Net's init); this run needs no sharded random numbers.
-    with exit_on_training_stop(), jax.threefry_partitionable(False):
+    with jax.threefry_partitionable(False):
         return _run(preset, workdir, data=args.data, seed=seed, resume=args.resume)
 
 
@@ -571,13 +561,11 @@ def _run(preset: Preset, workdir: Path, *, data, seed: int, resume) -> dict:
                       for metric in ("PSNR", "SSIM", "LPIPS", "SIS")}
                for name, values in per_slice.items()
                if name not in ("Proposed (refined)", "Ground truth")}
-    lines = ["### Two-sided paired Wilcoxon signed-rank p-values, proposed vs baseline", "",
-             "| baseline | PSNR | SSIM | LPIPS | SIS |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | " + " | ".join(f"{p:.2g}" for p in row.values()) + " |"
-              for name, row in pvalues.items()]
-    (workdir / "wilcoxon.md").write_text("\n".join(lines) + "\n")
-    (workdir / "wilcoxon.json").write_text(json.dumps(pvalues, indent=2) + "\n")
-    print("\n".join(lines) + "\n")
+    write_table(markdown_grid(
+        ["baseline", "PSNR", "SSIM", "LPIPS", "SIS"],
+        [[name, *(f"{p:.2g}" for p in row.values())] for name, row in pvalues.items()],
+        title="Two-sided paired Wilcoxon signed-rank p-values, proposed vs baseline"),
+        pvalues, workdir, "wilcoxon")
 
     has_tissue = np.flatnonzero(np.any(test_acq["labels"] > 0, axis=(-2, -1)))
     shown = int(has_tissue[len(has_tissue) // 2])

@@ -31,17 +31,19 @@ Geometry (the inverse is applied to the outputs, so they land on the input's gri
   ``W // 2 + round(q W / s)`` of the file is; exact when ``W == s == S``, otherwise an
   approximation (the cropped, resampled data interpolate between measured and empty columns).
 * NIfTI: the volume is reoriented to RAS (``nibabel.as_closest_canonical``), min-max normalised,
-  cropped in-plane to its foreground box (the training rule of
-  :func:`jaxmri.data.slicing.volume_to_slices`), and every axial slice is rotated, zero-padded
-  to a square in millimetres and resized to ``S``. Outputs are resized back, un-normalised,
-  placed in the volume (outside the foreground box: the volume's minimum) and reoriented to the
-  input's voxel order, so the ``.nii.gz`` has the input's shape and affine.
+  cropped in-plane to its foreground box and sliced along the axis the model was trained on
+  (``Method.orientation``: sagittal, coronal or axial, from the run's preset), every slice
+  rotated, zero-padded to a square in millimetres and resized to ``S``: the training rule of
+  :func:`jaxmri.data.slicing.volume_to_slices`, so a slice of the user's volume reaches the
+  model as the training slice at that position would. Outputs are resized back,
+  un-normalised, placed in the volume (outside the foreground box: the volume's minimum) and
+  reoriented to the input's voxel order, so the ``.nii.gz`` has the input's shape and affine.
 
 Evaluation (when a ground truth exists: ``reconstruction_rss`` / ``reconstruction_esc`` in the
 file, or the NIfTI volume itself): fastMRI's volume metrics (``evaluate.py``), NMSE and PSNR over
-the whole volume with ``data_range = gt.max()`` and SSIM per slice (7x7 uniform window) with the
-volume maximum as data range, averaged over slices
-(:func:`jaxmri.metrics.fastmri_volume_metrics`).
+the whole volume with ``data_range = gt.max()`` and SSIM per slice (7x7 uniform window; a NIfTI
+volume's slices along its last voxel axis, as stored, whatever the model's orientation) with the
+volume maximum as data range, averaged over slices (:func:`jaxmri.metrics.fastmri_volume_metrics`).
 """
 
 from __future__ import annotations
@@ -67,9 +69,10 @@ from jaxmri.errors import UserInputError
 from jaxmri.data._host_fft import host_fft2c, host_ifft2c, host_rss, host_sense_adjoint
 from jaxmri.data.fastmri import _fourier_resample, center_crop, list_fastmri_files, read_fastmri_h5
 from jaxmri.data.nifti import NIFTI_SUFFIXES, read_nifti
-from jaxmri.data.slicing import resize_2d
+from jaxmri.data.slicing import ORIENTATIONS, resize_2d
 from jaxmri.data.sources import source_kind
 from jaxmri.metrics import fastmri_volume_metrics
+from jaxmri.train.cli import add_predict_flags
 from jaxmri.train.report import folder_name
 from jaxmri.train.run_record import read_run_record
 
@@ -103,6 +106,9 @@ class Method:
         slice_ids) -> arrays``; ``None`` if the method cannot take k-space.
       single_coil: the model was trained on single-coil k-space and rejects multi-coil files.
       undersampled_kspace: the method accepts a file that is already under-sampled (has a mask).
+      orientation: the slicing axis of the training slices (``"sagittal"``, ``"coronal"`` or
+        ``"axial"``, :data:`jaxmri.data.slicing.ORIENTATIONS`); a NIfTI volume is sliced
+        along it. The experiments' builders take it from the run's preset.
     """
 
     name: str
@@ -114,6 +120,12 @@ class Method:
     acquire_kspace: Callable[[np.ndarray, np.ndarray | None, np.ndarray], dict] | None = None
     single_coil: bool = False
     undersampled_kspace: bool = True
+    orientation: str = "axial"
+
+    def __post_init__(self):
+        if self.orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {ORIENTATIONS}, got "
+                             f"{self.orientation!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,36 +391,42 @@ def _nifti_volume(path: str, method: Method, *, foreground_threshold: float = 0.
     if hi <= lo:
         raise UserInputError(f"NIfTI file {path!r} is constant ({lo}); nothing to predict")
     norm = (volume - lo) / (hi - lo)
-    # In-plane foreground box (the training rule), all axial slices.
-    fg = np.nonzero(np.any(norm > foreground_threshold, axis=2))
-    xs = slice(max(0, fg[0].min() - margin), min(volume.shape[0], fg[0].max() + 1 + margin))
-    ys = slice(max(0, fg[1].min() - margin), min(volume.shape[1], fg[1].max() + 1 + margin))
-    plane_spacing = (spacing[1], spacing[0])  # rows of rot90(vol[:, :, k]) run along y
-    box = norm[xs, ys]
+    # The model's slicing axis last: slice k is stack[:, :, k], its two in-plane axes in the
+    # volume's order, as jaxmri.data.slicing cuts the training slices.
+    axis = ORIENTATIONS.index(method.orientation)
+    in_plane = [a for a in range(3) if a != axis]
+    stack = np.moveaxis(norm, axis, -1)
+    # In-plane foreground box (the training rule), over all slices.
+    fg = np.nonzero(np.any(stack > foreground_threshold, axis=2))
+    xs = slice(max(0, fg[0].min() - margin), min(stack.shape[0], fg[0].max() + 1 + margin))
+    ys = slice(max(0, fg[1].min() - margin), min(stack.shape[1], fg[1].max() + 1 + margin))
+    # Rows of rot90(stack[:, :, k]) run along the second in-plane axis.
+    plane_spacing = (spacing[in_plane[1]], spacing[in_plane[0]])
+    box = stack[xs, ys]
     plane_shape = (box.shape[1], box.shape[0])
     side_mm = max(plane_shape[0] * plane_spacing[0], plane_shape[1] * plane_spacing[1])
     padded = [max(n, int(round(side_mm / d))) for n, d in zip(plane_shape, plane_spacing)]
     if max(padded) < size:
-        raise UserInputError(f"{path}: the volume's slices ({volume.shape[0]}x{volume.shape[1]} "
-                         f"voxels, {padded[0]}x{padded[1]} padded) are smaller than the model's "
-                         f"image size {size}x{size}")
+        raise UserInputError(f"{path}: the volume's {method.orientation} slices "
+                         f"({stack.shape[0]}x{stack.shape[1]} voxels, {padded[0]}x{padded[1]} "
+                         f"padded) are smaller than the model's image size {size}x{size}")
     pads = [((t - n) // 2, t - n - (t - n) // 2) for t, n in zip(padded, plane_shape)]
     slices = np.stack([
         np.clip(resize_2d(np.pad(np.rot90(box[:, :, k]), pads), (size, size)), 0.0, 1.0)
-        for k in range(volume.shape[2])]).astype(np.float32)
+        for k in range(stack.shape[2])]).astype(np.float32)
     arrays = method.acquire_image(slices, np.arange(len(slices)))
     to_original = nib.orientations.ornt_transform(
         nib.orientations.axcodes2ornt(("R", "A", "S")),
         nib.orientations.io_orientation(original.affine))
 
     def to_input_grid(out: np.ndarray) -> np.ndarray:
-        result = np.zeros(volume.shape, np.float32)
+        result = np.zeros(stack.shape, np.float32)
         for k, plane in enumerate(out):
             plane = resize_2d(np.asarray(plane, np.float32), padded)
             plane = plane[pads[0][0]:pads[0][0] + plane_shape[0],
                           pads[1][0]:pads[1][0] + plane_shape[1]]
             result[xs, ys, k] = np.rot90(plane, k=-1)
-        result = result * (hi - lo) + lo
+        result = np.moveaxis(result, -1, axis) * (hi - lo) + lo
         return np.asarray(nib.orientations.apply_orientation(result, to_original), np.float32)
 
     def write(target: Path, data: np.ndarray) -> None:
@@ -428,7 +446,9 @@ def _nifti_volume(path: str, method: Method, *, foreground_threshold: float = 0.
 
 
 def _nifti_eval_region(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # Slices along the last voxel axis; fastMRI's metrics need (slices, H, W).
+    # Slices along the last voxel axis (as stored, whatever the model's slicing axis: a thin
+    # slab has too few voxels across for SSIM's window in another direction); fastMRI's
+    # metrics need (slices, H, W).
     return np.moveaxis(gt, -1, 0), np.moveaxis(pred, -1, 0)
 
 
@@ -546,20 +566,6 @@ def metrics_table(results: Sequence[dict]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Command line
-
-
-def add_predict_flags(parser: argparse.ArgumentParser) -> None:
-    """Add ``--predict PATH``, ``--out DIR`` and ``--all-methods`` to an experiment's parser."""
-    group = parser.add_argument_group("use a trained model (with --workdir RUN)")
-    group.add_argument("--predict", metavar="PATH", default=None,
-                       help="run the model trained in --workdir on every slice of PATH (a "
-                       "NIfTI volume, a fastMRI .h5 file or a folder of them) instead of "
-                       "training; --batch-size sets the slices per batch (default 8)")
-    group.add_argument("--out", metavar="DIR", type=Path, default=None,
-                       help="folder for --predict's outputs (default: RUN/predictions)")
-    group.add_argument("--all-methods", action="store_true",
-                       help="with --predict: write every output of the method (baselines, "
-                       "variants), not only its main one")
 
 
 def predict_command(args: argparse.Namespace,

@@ -7,6 +7,7 @@ slow end-to-end tests in tests/experiments/test_experiment_predict.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -224,12 +225,19 @@ def _identity_method(size=SIZE):
                   lambda images, ids: {"image": images})
 
 
-def test_nifti_round_trip_keeps_voxels_shape_affine_and_orientation(tmp_path):
-    # An LPS-ordered, anisotropic volume: canonical reorientation and back must be exact when
-    # the slices need no resizing (in-plane 16 x 16 voxels of equal size, S = 16).
-    affine = np.array([[-1.0, 0, 0, 10], [0, -1.0, 0, 5], [0, 0, 2.5, -3], [0, 0, 0, 1]])
-    path, volume = _nifti(tmp_path, (SIZE, SIZE, 7), affine)
-    (result,) = predict_path(_identity_method(), path, tmp_path / "out", progress=False)
+@pytest.mark.parametrize("orientation", ["sagittal", "coronal", "axial"])
+def test_nifti_round_trip_keeps_voxels_shape_affine_and_orientation(orientation, tmp_path):
+    # An LPS-ordered, anisotropic volume: canonical reorientation, slicing along the model's
+    # axis and back must be exact when the slices need no resizing (in-plane 16 x 16 voxels of
+    # equal size, S = 16; 7 thicker voxels along the slicing axis).
+    axis = ["sagittal", "coronal", "axial"].index(orientation)
+    shape, spacing = [SIZE] * 3, [1.0] * 3
+    shape[axis], spacing[axis] = 7, 2.5
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = (10, 5, -3)
+    path, volume = _nifti(tmp_path, tuple(shape), affine)
+    method = dataclasses.replace(_identity_method(), orientation=orientation)
+    (result,) = predict_path(method, path, tmp_path / "out", progress=False)
     image = nib.load(tmp_path / "out" / "scan.nii.gz")
     assert image.shape == volume.shape and image.get_data_dtype() == np.float32
     np.testing.assert_allclose(image.affine, affine)
@@ -254,6 +262,32 @@ def test_nifti_prediction_equals_the_model_on_the_acquired_slices(trained, tmp_p
     got = predict_slices(method, arrays, batch_size=2, progress=False)
     direct = TinyNet().apply(variables, jnp.abs(arrays["zero_filled"]))
     np.testing.assert_allclose(got["net"], direct, rtol=1e-5, atol=1e-6)
+
+
+def test_nifti_is_sliced_as_the_model_was_trained(tmp_path):
+    # A model trained on coronal slices must see the coronal slices of the user's volume, cut by
+    # the training rule (jaxmri.data.slicing), not its axial ones.
+    from jaxmri.data import load_nifti_slices
+
+    seen = []
+
+    def acquire_image(images, ids):
+        seen.append(images)
+        return {"image": images}
+
+    method = Method("coronal", SIZE, ("image",), {}, lambda v, b: {"image": b["image"]},
+                    acquire_image, orientation="coronal")
+    # LPS voxel order, anisotropic voxels, 24 coronal positions but 12 axial ones; foreground
+    # everywhere, so the training box is the whole volume and every position is a slice.
+    path, _ = _nifti(tmp_path, (20, 24, 12), np.diag([-1.2, -1.0, 2.0, 1.0]))
+    predict_path(method, path, tmp_path / "out", progress=False)
+    training = load_nifti_slices(path, image_size=SIZE, split="all", orientations=("coronal",),
+                                 min_foreground=0.0)["image"]
+    (images,) = seen
+    assert images.shape == training.shape == (24, SIZE, SIZE)
+    np.testing.assert_allclose(images, training, atol=1e-6)
+    with pytest.raises(ValueError, match="orientation must be one of"):
+        dataclasses.replace(method, orientation="oblique")
 
 
 def test_nifti_smaller_than_the_model_is_an_error(tmp_path):

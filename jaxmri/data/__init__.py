@@ -5,7 +5,8 @@ Host-side numpy throughout; nothing here imports :mod:`jaxmri.models` or :mod:`j
 * :func:`load_slices` (``sources.py``): ``None`` -> the MNI152 T1 template bundled with nilearn
   (real MRI, offline, with CSF/GM/WM labels); a ``.nii``/``.nii.gz`` file -> NIfTI; a folder of
   ``.h5`` files (or one) -> fastMRI. Returns a *slices dict* (``slicing.py`` documents the keys,
-  the slicing rule and the train/val/test split by slice position with guard gaps).
+  the slicing rule and the train/val/test split by slice position with guard gaps);
+  :func:`load_splits` gives several splits of one orientation at once.
 * :func:`acquire_slices`, :func:`simulate_acquisition`, :func:`acquisition_from_kspace`
   (``simulate.py``): coils, smooth phase, noise at a set SNR, masks, measured k-space, the
   zero-filled image and the target, deterministic per seed and per slice.
@@ -34,17 +35,19 @@ from jaxmri.data.simulate import (
 from jaxmri.data.slicing import (
     DEFAULT_ORIENTATIONS,
     ORIENTATIONS,
+    SPLIT_SEEDS,
     SPLITS,
     resize_2d,
     split_assignment,
     volume_to_slices,
 )
-from jaxmri.data.sources import load_slices, source_kind
+from jaxmri.data.sources import load_slices, load_splits, source_kind
 
 __all__ = [
     "DEFAULT_ORIENTATIONS",
     "ORIENTATIONS",
     "SPLITS",
+    "SPLIT_SEEDS",
     "acquire_slices",
     "acquisition_from_kspace",
     "center_crop",
@@ -53,6 +56,7 @@ __all__ = [
     "load_mni152",
     "load_nifti_slices",
     "load_slices",
+    "load_splits",
     "mni152_slices",
     "read_fastmri_h5",
     "read_nifti",

@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_ORIENTATIONS",
     "ORIENTATIONS",
     "SPLITS",
+    "SPLIT_SEEDS",
     "resize_2d",
     "split_assignment",
     "volume_to_slices",
@@ -61,6 +62,9 @@ ORIENTATIONS = ("sagittal", "coronal", "axial")
 # One orientation: a position split over several would share voxels between splits.
 DEFAULT_ORIENTATIONS = ("coronal",)
 SPLITS = ("train", "val", "test")
+# The simulation seed of each split in the experiments: every split draws its own masks, phases
+# and noise (train 0, val 1, test 2; 3 is left for data that belong to no split).
+SPLIT_SEEDS = {split: number for number, split in enumerate(SPLITS)}
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 
 

@@ -7,7 +7,8 @@
 * a folder of ``.h5`` files or one ``.h5`` / ``.hdf5`` file: fastMRI
   (:func:`jaxmri.data.fastmri.load_fastmri_slices`).
 
-Anything else raises an error that names the problem (missing path, a file that is neither
+:func:`load_splits` loads several splits of one orientation at once (what every experiment
+does). Anything else raises an error that names the problem (missing path, a file that is neither
 NIfTI nor HDF5, ...). Every source returns the slices dict described in
 :mod:`jaxmri.data.slicing`.
 """
@@ -23,10 +24,10 @@ import numpy as np
 from jaxmri.data.embedded import mni152_slices
 from jaxmri.data.fastmri import H5_SUFFIXES, load_fastmri_slices
 from jaxmri.data.nifti import NIFTI_SUFFIXES, load_nifti_slices
-from jaxmri.data.slicing import DEFAULT_FRACTIONS, DEFAULT_ORIENTATIONS
+from jaxmri.data.slicing import DEFAULT_FRACTIONS, DEFAULT_ORIENTATIONS, SPLITS
 from jaxmri.errors import MissingInputError, UserInputError
 
-__all__ = ["source_kind", "load_slices"]
+__all__ = ["source_kind", "load_slices", "load_splits"]
 
 
 def source_kind(data: str | os.PathLike | None) -> str:
@@ -98,3 +99,23 @@ def load_slices(
                                  labels_path=labels_path, orientations=orientations,
                                  min_foreground=min_foreground, **split_options)
     return load_fastmri_slices(data, image_size=image_size, split=split, **split_options)
+
+
+def load_splits(
+    data: str | os.PathLike | None,
+    *,
+    image_size: int,
+    orientation: str,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    splits: Sequence[str] = SPLITS,
+) -> dict[str, dict[str, np.ndarray]]:
+    """``{split: slices dict}`` of ``data``: :func:`load_slices` of each of ``splits``.
+
+    Every split is sliced along the one ``orientation`` (``"sagittal"``, ``"coronal"`` or
+    ``"axial"``; ignored for fastMRI) with the split ``fractions`` ``(train, val, test)``, so the
+    splits share no voxel (:mod:`jaxmri.data.slicing`). ``splits`` may also be ``("all",)``.
+    Errors are those of :func:`load_slices` (an empty split, a bad path, ...).
+    """
+    return {split: load_slices(data, image_size=image_size, split=split,
+                               orientations=(orientation,), fractions=fractions)
+            for split in splits}

@@ -5,18 +5,20 @@
 * :mod:`jaxmri.train.loop`: :func:`fit`, the pmapped loop with orbax checkpoints, resume,
   Ctrl-C handling, non-finite-loss stop, progress bar and ``metrics.jsonl``; the contract of a
   method's pure ``train_step`` is in that module's docstring.
-* :mod:`jaxmri.train.batching`: training batches as a function of the step, chunked inference.
+* :mod:`jaxmri.train.batching`: training batches as a function of the step, chunked (and timed)
+  inference, evenly spread subsets of a split.
 * :mod:`jaxmri.train.report`: mean ± sd tables as markdown and JSON.
 * :mod:`jaxmri.train.claims`: a paper's claims judged on paired per-slice metrics (Wilcoxon,
   bootstrap interval, verdict), the regime table of its baselines, repeats over seeds.
 * :mod:`jaxmri.train.figures`: PNG panels (images, error maps, zooms, k-space) and line profiles.
-* :mod:`jaxmri.train.cli`: the argparse command line shared by every experiment.
+* :mod:`jaxmri.train.cli`: the command line and ``main`` skeleton shared by every experiment
+  (:func:`~jaxmri.train.cli.run_experiment`, presets' shared fields and flag overrides).
 * :mod:`jaxmri.train.distributed`: joining a multi-process run.
 
 This package never imports :mod:`jaxmri.models` or :mod:`jaxmri.data`.
 """
 
-from jaxmri.train.batching import map_batches, random_batches
+from jaxmri.train.batching import map_batches, random_batches, spread_indices, timed_map_batches
 from jaxmri.train.claims import (
     Claim,
     ClaimResult,
@@ -86,6 +88,8 @@ __all__ = [
     "markdown_table",
     "pmean_tree",
     "random_batches",
+    "spread_indices",
+    "timed_map_batches",
     "replicate",
     "shard_batch",
     "summarise",

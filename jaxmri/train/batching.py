@@ -3,11 +3,13 @@
 Training batches are a pure function of the step (:func:`random_batches`), which is what lets
 :func:`jaxmri.train.fit` resume an interrupted run on exactly the same trajectory. Inference
 over a whole split goes through :func:`map_batches`, which pads the last chunk so that a jitted
-function compiles once.
+function compiles once; :func:`timed_map_batches` also measures its time per example, compilation
+excluded. :func:`spread_indices` picks a subset of a split spread over all of it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 import jax
@@ -15,7 +17,7 @@ import numpy as np
 
 from jaxmri.errors import UserInputError
 
-__all__ = ["random_batches", "map_batches"]
+__all__ = ["random_batches", "map_batches", "timed_map_batches", "spread_indices"]
 
 
 def _num_examples(arrays: Mapping[str, np.ndarray]) -> int:
@@ -79,3 +81,41 @@ def map_batches(fn: Callable[..., object], arrays: Mapping[str, np.ndarray], *,
         out = fn(**{name: np.asarray(a)[index] for name, a in arrays.items()})
         outputs.append(jax.tree.map(lambda x, k=stop - start: np.asarray(x)[:k], out))
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outputs)
+
+
+def timed_map_batches(fn: Callable[..., object], arrays: Mapping[str, np.ndarray], *,
+                      batch_size: int) -> tuple[object, float]:
+    """:func:`map_batches` of ``fn`` and its wall time in seconds per example.
+
+    ``fn`` is first called once on the first ``batch_size`` examples (a warm-up that compiles a
+    jitted ``fn``, results dropped), so the time is that of the run over all ``N`` examples
+    alone: ``elapsed / N``. The outputs wait for the device (``map_batches`` copies them to the
+    host), so asynchronous dispatch does not shorten the time.
+
+    Returns:
+      ``(outputs, seconds per example)``; ``outputs`` as :func:`map_batches` returns them.
+    """
+    n = _num_examples(arrays)
+    map_batches(fn, {name: np.asarray(a)[:batch_size] for name, a in arrays.items()},
+                batch_size=batch_size)
+    start = time.perf_counter()
+    out = map_batches(fn, arrays, batch_size=batch_size)
+    return out, (time.perf_counter() - start) / n
+
+
+def spread_indices(num_examples: int, count: int) -> np.ndarray:
+    """At most ``count`` indices into ``range(num_examples)``, spread evenly over the whole range.
+
+    ``count >= num_examples`` gives every index; otherwise the rounded points of
+    ``linspace(0, num_examples - 1, count)`` (first and last included; duplicates, possible
+    only when rounding merges neighbours, are dropped). So a subset of a split samples the
+    whole anatomy, not one end of it.
+
+    Returns:
+      ``(k,)`` int64 sorted distinct indices, ``k <= min(count, num_examples)``.
+    """
+    if num_examples < 0 or count < 1:
+        raise ValueError(f"need num_examples >= 0 and count >= 1, got {num_examples}, {count}")
+    if count >= num_examples:
+        return np.arange(num_examples, dtype=np.int64)
+    return np.unique(np.linspace(0, num_examples - 1, count).round().astype(np.int64))

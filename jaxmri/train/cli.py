@@ -1,14 +1,16 @@
 """The command line shared by every experiment module (``python -m experiments.NAME ...``).
 
 An experiment builds its parser with :func:`experiment_parser`, passing its presets (frozen
-dataclasses whose docstrings give the command, minutes and expected table), parses, and calls
-:func:`setup_from_args`, which joins a multi-process run when asked and creates the workdir::
+dataclasses whose docstrings give the command, minutes and expected table), adds its own flags
+and hands the rest to :func:`run_experiment`: parsing, ``--predict``, ``--seeds``, then
+:func:`setup_from_args` (which joins a multi-process run when asked and creates the workdir)
+and the experiment's own ``train(args, setup)``::
 
-    parser = experiment_parser(__doc__, presets=PRESETS)
-    args = parser.parse_args()
-    setup = setup_from_args(args)
-    config = setup.preset
-    ...
+    @exit_on_user_error()
+    def main(argv=None):
+        parser = experiment_parser(__doc__, presets=PRESETS, name="demo", predict=True)
+        return run_experiment(main, parser, argv, train=train_and_evaluate,
+                              predict=functools.partial(predict_command, build=build_demo))
 
 Flags left unset are ``None`` (``--steps``, ``--batch-size``, ``--data``) so that the preset's
 value applies; ``--resume`` is ``None`` unless given, which :func:`jaxmri.train.loop.fit` reads
@@ -35,9 +37,10 @@ from jaxmri.train.claims import run_over_seeds
 from jaxmri.train.run_record import RUN_RECORD, write_run_record
 from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
-__all__ = ["ExperimentSetup", "experiment_parser", "setup_from_args", "preset_summary",
-           "exit_on_training_stop", "exit_on_user_error", "check_batch_size",
-           "argv_for_seed", "repeat_over_seeds"]
+__all__ = ["ExperimentSetup", "SplitPreset", "experiment_parser", "setup_from_args",
+           "preset_summary", "override_preset", "exit_on_training_stop", "exit_on_user_error",
+           "check_batch_size", "argv_for_seed", "repeat_over_seeds", "add_predict_flags",
+           "run_experiment"]
 
 # Workdirs that setup_from_args created in this process (the top-most folder it made), so that
 # exit_on_user_error can take them away again when the input turns out to be unusable.
@@ -69,8 +72,9 @@ def exit_on_user_error():
     Used by every experiment's ``main`` (as a decorator or a ``with`` block). The message is
     printed on one line on stderr, without a traceback; a workdir that :func:`setup_from_args`
     created for this run is removed again if nothing was written into it (folders only, never a
-    file). ``--resume`` without a checkpoint is reported in terms of the flag. Every other
-    exception passes through with its traceback: on valid input it is a bug.
+    file; only during the run that created it). ``--resume`` without a checkpoint is reported in
+    terms of the flag. Every other exception passes through with its traceback: on valid input it
+    is a bug.
     """
     try:
         yield
@@ -85,6 +89,11 @@ def exit_on_user_error():
             _remove_empty_folders(_created_workdirs.pop())
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        # The run is over: its workdir is no longer this process's to take away. Without this a
+        # later user error in the same process (a --predict on a bad file after training, from
+        # Python) would delete the finished run's run.json.
+        _created_workdirs.clear()
 
 
 @contextlib.contextmanager
@@ -105,6 +114,38 @@ def exit_on_training_stop():
     except NonFiniteLossError as err:
         print(f"\nstopped: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SplitPreset:
+    """Base of the presets of experiments that train on slices: which slices form the splits.
+
+    A subclass (a frozen dataclass) adds the experiment's own fields, with or without defaults
+    (these two are keyword-only, so they may come first); pass them to
+    :func:`jaxmri.data.load_splits`. ``--predict`` slices a user's NIfTI volume along
+    ``orientation`` too, as the model was trained.
+
+    Attributes:
+      orientation: the one slicing axis of every split (``"sagittal"``, ``"coronal"`` or
+        ``"axial"``). Slices of two orientations intersect, so a split by position over several
+        would leak test voxels into training (:mod:`jaxmri.data.slicing`); coronal has the most
+        slices of the embedded template.
+      split_fractions: ``(train, val, test)`` fractions of the slice positions; the large test
+        fraction keeps about as many test slices as three orientations gave.
+    """
+
+    orientation: str = "coronal"
+    split_fractions: tuple[float, float, float] = (0.55, 0.15, 0.3)
+
+
+def override_preset(preset: Any, **fields: Any) -> Any:
+    """``preset`` (a frozen dataclass) with ``fields`` replaced, except those whose value is
+    ``None``: a flag left unset (``--steps``, ``--batch-size``) keeps the preset's value.
+
+    One flag may set several fields, e.g. every training stage's steps:
+    ``override_preset(preset, seg_steps=args.steps, recnet_steps=args.steps)``.
+    """
+    return dataclasses.replace(preset, **{k: v for k, v in fields.items() if v is not None})
 
 
 def preset_summary(preset: object) -> str:
@@ -189,6 +230,7 @@ def experiment_parser(
     presets: Mapping[str, object],
     default_preset: str = "cpu",
     name: str | None = None,
+    predict: bool = False,
 ) -> argparse.ArgumentParser:
     """The argparse parser of an experiment module.
 
@@ -199,6 +241,7 @@ def experiment_parser(
       default_preset: the preset used without ``--preset``; must be a key of ``presets``.
       name: the experiment's name for the default workdir ``runs/<name>/<preset>``; default
         the running script's file stem (``invsharp`` for ``python -m experiments.invsharp``).
+      predict: also add the ``--predict`` flags (:func:`add_predict_flags`).
     """
     if not presets:
         raise ValueError("presets must name at least one preset")
@@ -219,7 +262,9 @@ def experiment_parser(
         "--preset",
         choices=list(presets),
         default=default_preset,
-        help=f"model size and schedule to run (default: {default_preset}):\n{listing}",
+        # argparse %-formats help strings: a literal "%" ("20 % sampled") must be doubled.
+        help=f"model size and schedule to run (default: {default_preset}):\n"
+        + listing.replace("%", "%%"),
     )
     parser.add_argument(
         "--workdir",
@@ -296,6 +341,8 @@ def experiment_parser(
         default=0,
         help="multi-process run: this process's index, 0 .. num-processes - 1 (default: 0)",
     )
+    if predict:
+        add_predict_flags(parser)
     return parser
 
 
@@ -449,3 +496,50 @@ def repeat_over_seeds(main: Callable[[list[str]], object], argv: Sequence[str] |
         Path("runs") / args.experiment / args.preset)
     return run_over_seeds(lambda seed, folder: main(argv_for_seed(argv, seed, folder)),
                           args.seeds, workdir)
+
+
+def add_predict_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--predict PATH``, ``--out DIR`` and ``--all-methods`` to an experiment's parser.
+
+    :func:`jaxmri.predict.predict_command` reads them; ``experiment_parser(..., predict=True)``
+    adds them."""
+    group = parser.add_argument_group("use a trained model (with --workdir RUN)")
+    group.add_argument("--predict", metavar="PATH", default=None,
+                       help="run the model trained in --workdir on every slice of PATH (a "
+                       "NIfTI volume, a fastMRI .h5 file or a folder of them) instead of "
+                       "training; --batch-size sets the slices per batch (default 8)")
+    group.add_argument("--out", metavar="DIR", type=Path, default=None,
+                       help="folder for --predict's outputs (default: RUN/predictions)")
+    group.add_argument("--all-methods", action="store_true",
+                       help="with --predict: write every output of the method (baselines, "
+                       "variants), not only its main one")
+
+
+def run_experiment(main: Callable[[list[str]], object], parser: argparse.ArgumentParser,
+                   argv: Sequence[str] | None, *,
+                   train: Callable[[argparse.Namespace, ExperimentSetup], object],
+                   predict: Callable[[argparse.Namespace], object] | None = None) -> object:
+    """The body every experiment's ``main`` shares: parse, then predict, repeat or train.
+
+    1. ``argv`` is parsed (``None``: ``sys.argv[1:]``) by ``parser``, from
+       :func:`experiment_parser` (with ``predict=True`` when ``predict`` is given).
+    2. ``--predict PATH``: returns ``predict(args)`` (a trained model applied to files, e.g.
+       :func:`jaxmri.predict.predict_command` with the experiment's builder); nothing is
+       trained and no workdir is created.
+    3. ``--seeds``: returns :func:`repeat_over_seeds` of ``main`` (which calls ``main`` again
+       once per seed, each time without ``--seeds``).
+    4. Otherwise :func:`setup_from_args` (CPU settings, multi-process join, workdir,
+       ``run.json``), then returns ``train(args, setup)`` inside :func:`exit_on_training_stop`
+       (Ctrl-C: exit 130 after the checkpoint; a non-finite loss: exit 1).
+
+    ``main`` is the experiment's entry point, normally wrapped in :func:`exit_on_user_error`,
+    which turns a :class:`jaxmri.errors.UserInputError` raised anywhere here into one line.
+    """
+    args = parser.parse_args(argv)
+    if predict is not None and getattr(args, "predict", None) is not None:
+        return predict(args)
+    if args.seeds is not None:
+        return repeat_over_seeds(main, argv, args)
+    setup = setup_from_args(args)
+    with exit_on_training_stop():
+        return train(args, setup)

@@ -131,16 +131,17 @@ def markdown_grid(
 
 
 def write_table(
-    markdown: str, payload: object, workdir: str | os.PathLike, name: str
+    markdown: str, payload: object, workdir: str | os.PathLike, name: str, *, echo: bool = True
 ) -> tuple[Path, Path]:
     """Write ``<workdir>/<name>.md`` (``markdown``) and ``<workdir>/<name>.json`` (``payload``,
-    JSON-serialisable), print the markdown, return both paths."""
+    JSON-serialisable), print the markdown (unless ``echo`` is false), return both paths."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     md_path, json_path = workdir / f"{name}.md", workdir / f"{name}.json"
     md_path.write_text(markdown)
     json_path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    print(markdown)
+    if echo:
+        print(markdown)
     return md_path, json_path
 
 

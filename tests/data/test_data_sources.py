@@ -6,7 +6,7 @@ from _data_helpers import ellipsoid_volume, random_kspace, write_nifti
 
 from jaxmri.data.fastmri import load_fastmri_slices, write_fastmri_h5
 from jaxmri.data.nifti import load_nifti_slices
-from jaxmri.data.sources import load_slices, source_kind
+from jaxmri.data.sources import load_slices, load_splits, source_kind
 
 
 def test_dispatch_to_each_reader(tmp_path, rng):
@@ -57,3 +57,22 @@ def test_bad_data_paths(tmp_path, rng):
     write_fastmri_h5(folder / "v.h5", random_kspace(rng, 2, 2, 8, 8))
     with pytest.raises(ValueError, match="labels_path is only supported for NIfTI"):
         load_slices(folder, image_size=8, labels_path=tmp_path / "labels.nii")
+
+
+def test_load_splits_slices_one_orientation_into_disjoint_splits(tmp_path):
+    nii = write_nifti(tmp_path / "head.nii.gz", ellipsoid_volume(
+        shape=(40, 90, 44), radii=(16, 42, 18)))
+    fractions = (0.5, 0.2, 0.3)
+    got = load_splits(nii, image_size=16, orientation="coronal", fractions=fractions)
+    assert list(got) == ["train", "val", "test"]
+    for split, slices in got.items():
+        expected = load_slices(nii, image_size=16, split=split, orientations=("coronal",),
+                               fractions=fractions)
+        for key in expected:
+            np.testing.assert_array_equal(slices[key], expected[key])
+        assert np.all(slices["orientation"] == 1)  # coronal
+    positions = [set(got[s]["position"].tolist()) for s in got]
+    assert not (positions[0] & positions[1] or positions[0] & positions[2]
+                or positions[1] & positions[2])
+    only = load_splits(nii, image_size=16, orientation="axial", splits=("test",))
+    assert list(only) == ["test"] and np.all(only["test"]["orientation"] == 2)

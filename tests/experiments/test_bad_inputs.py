@@ -207,7 +207,7 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("a bug inside jaxmri")
 
-    monkeypatch.setattr(ifrnet, "load_slices", broken)
+    monkeypatch.setattr(ifrnet, "load_splits", broken)
     with pytest.raises(KeyError, match="a bug inside jaxmri"):
         ifrnet.main(["--preset", "smoke", "--workdir", str(tmp_path / "run")])
 

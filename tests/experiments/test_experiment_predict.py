@@ -136,7 +136,12 @@ def test_smoke_trained_experiment_predicts_on_nifti_and_fastmri(name, tmp_path, 
     from experiments.predictors import load_method
     from jaxmri.predict import predict_path
 
-    (again,) = predict_path(load_method(run), h5_input, tmp_path / "py", progress=False)
+    method = load_method(run)
+    # A NIfTI volume is sliced as the training slices were (coronal, or invsharp's axial).
+    preset = module.PRESETS["smoke"]
+    assert method.orientation == getattr(preset, "orientation", None) or \
+        (method.orientation,) == getattr(preset, "orientations", None)
+    (again,) = predict_path(method, h5_input, tmp_path / "py", progress=False)
     with h5py.File(tmp_path / "py" / h5_input.name) as f:
         np.testing.assert_allclose(f["reconstruction"][()], recon, rtol=1e-5, atol=1e-7)
 

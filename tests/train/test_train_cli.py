@@ -205,3 +205,145 @@ def test_resume_needs_a_checkpoint_before_anything_is_created(tmp_path):
     (tmp_path / "w" / "model" / "checkpoints" / "7").mkdir(parents=True)
     assert setup_from_args(parser().parse_args(["--workdir", str(tmp_path / "w"),
                                                 "--resume"])).workdir == tmp_path / "w"
+
+
+def test_run_experiment_predicts_repeats_or_trains(tmp_path, monkeypatch):
+    import json
+
+    from jaxmri.train.cli import exit_on_user_error, run_experiment
+    from jaxmri.train.loop import TrainingInterrupted
+
+    calls = []
+
+    def train(args, setup):
+        calls.append(("train", args.seed, setup.preset_name, setup.workdir))
+        if args.steps == 13:  # stands for Ctrl-C during fit
+            raise TrainingInterrupted(step=5, checkpoint_path=setup.workdir / "ckpt")
+        return {"trained": args.seed}
+
+    def predict(args):
+        calls.append(("predict", args.predict, args.all_methods))
+        return "predicted"
+
+    @exit_on_user_error()
+    def main(argv=None):
+        parser = experiment_parser("Demo experiment.", presets=PRESETS, name="demo",
+                                   predict=True)
+        return run_experiment(main, parser, argv, train=train, predict=predict)
+
+    # Training: the workdir is created and records the run before train is called.
+    assert main(["--preset", "smoke", "--workdir", str(tmp_path / "run"), "--seed", "2"]) == {
+        "trained": 2}
+    assert calls == [("train", 2, "smoke", tmp_path / "run")]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["preset"] == "smoke"
+    # --predict: the flags exist, predict is called, nothing is trained or created.
+    calls.clear()
+    assert main(["--workdir", str(tmp_path / "other"), "--predict", "x.nii.gz",
+                 "--all-methods"]) == "predicted"
+    assert calls == [("predict", "x.nii.gz", True)] and not (tmp_path / "other").exists()
+    # --seeds: main again per seed, in <workdir>/seed<k>, then the claims summary.
+    calls.clear()
+    monkeypatch.setattr("jaxmri.train.cli.run_over_seeds",
+                        lambda run, seeds, workdir: [run(s, workdir / f"seed{s}") for s in seeds])
+    assert main(["--seeds", "3,4", "--workdir", str(tmp_path / "many")]) == [
+        {"trained": 3}, {"trained": 4}]
+    assert [c[1] for c in calls] == [3, 4]
+    assert [c[3] for c in calls] == [tmp_path / "many" / "seed3", tmp_path / "many" / "seed4"]
+    # A training stopped by Ctrl-C exits with the shell's code for SIGINT.
+    with pytest.raises(SystemExit) as stopped:
+        main(["--workdir", str(tmp_path / "run"), "--steps", "13"])
+    assert stopped.value.code == 130
+
+
+def test_predict_flags_only_when_asked(tmp_path, capsys):
+    from jaxmri.train.cli import run_experiment
+
+    with pytest.raises(SystemExit):
+        run_experiment(None, parser(), ["--predict", "x"], train=lambda a, s: None)
+    assert "unrecognized arguments: --predict" in capsys.readouterr().err
+    args = experiment_parser("Demo.", presets=PRESETS, predict=True).parse_args(
+        ["--predict", "x.nii.gz", "--out", "o"])
+    assert (args.predict, args.out, args.all_methods) == ("x.nii.gz", Path("o"), False)
+
+
+def test_help_shows_a_percent_sign_of_a_preset_description(capsys):
+    # argparse %-formats help strings: "20 % only" once made --help raise a TypeError.
+    @dataclasses.dataclass(frozen=True)
+    class Percent:
+        description: str = "Table IV at 20 % only (numbers meaningless)."
+
+    with pytest.raises(SystemExit):
+        experiment_parser("Demo.", presets={"cpu": Percent()}, name="demo").parse_args(["--help"])
+    assert "Table IV at 20 % only" in capsys.readouterr().out
+
+
+def test_split_preset_gives_one_orientation_to_every_subclass():
+    from jaxmri.train.cli import SplitPreset
+
+    @dataclasses.dataclass(frozen=True)
+    class Demo(SplitPreset):
+        description: str  # no default after the base's defaulted fields: allowed (kw_only)
+        steps: int = 3
+
+    demo = Demo(description="d")
+    assert (demo.orientation, demo.split_fractions, demo.steps) == (
+        "coronal", (0.55, 0.15, 0.3), 3)
+    assert sum(demo.split_fractions) == pytest.approx(1.0)
+    axial = Demo(description="d", orientation="axial")
+    assert axial.orientation == "axial" and axial != demo
+    assert dataclasses.replace(demo, steps=5).orientation == "coronal"
+    assert hash(demo) == hash(Demo(description="d"))  # presets key caches (refine's programs)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        demo.orientation = "axial"
+
+
+def test_override_preset_replaces_only_the_flags_given():
+    from jaxmri.train.cli import override_preset
+
+    @dataclasses.dataclass(frozen=True)
+    class Stages:
+        seg_steps: int = 10
+        gan_steps: int = 20
+        batch: int = 4
+
+    preset = Stages()
+    assert override_preset(preset, seg_steps=None, batch=None) == preset  # flags not given
+    both = override_preset(preset, seg_steps=7, gan_steps=7, batch=None)
+    assert (both.seg_steps, both.gan_steps, both.batch) == (7, 7, 4)
+    assert preset.seg_steps == 10  # a new preset; the registry's stays as it was
+    with pytest.raises(TypeError):
+        override_preset(preset, no_such_field=1)
+
+
+def test_a_later_user_error_leaves_a_finished_run_alone(tmp_path, capsys):
+    # Train, then (same process, as from Python) a --predict that is refused: the trained
+    # run's folder and run.json stay. Only a run refused before training leaves nothing behind.
+    from jaxmri.errors import UserInputError
+    from jaxmri.train.cli import exit_on_user_error, run_experiment
+
+    def refuse(args):
+        raise UserInputError("this file has 4 coils")
+
+    @exit_on_user_error()
+    def main(argv=None):
+        parser = experiment_parser("Demo.", presets=PRESETS, name="demo", predict=True)
+        return run_experiment(main, parser, argv, train=lambda args, setup: "trained",
+                              predict=refuse)
+
+    run = tmp_path / "run"
+    assert main(["--workdir", str(run)]) == "trained"
+    with pytest.raises(SystemExit) as refused:
+        main(["--workdir", str(run), "--predict", "x.h5"])
+    assert refused.value.code == 2 and "4 coils" in capsys.readouterr().err
+    assert (run / "run.json").is_file()
+
+    def bad_data(args, setup):
+        raise UserInputError("data path does not exist")
+
+    @exit_on_user_error()
+    def refused_run(argv):
+        return run_experiment(refused_run, parser(), argv, train=bad_data)
+
+    with pytest.raises(SystemExit):
+        refused_run(["--workdir", str(tmp_path / "new" / "run")])
+    assert not (tmp_path / "new").exists()

@@ -96,3 +96,20 @@ def test_folder_name_is_lowercase_ascii_with_single_underscores(label, name):
 def test_folder_name_rejects_a_label_without_letters_or_digits():
     with pytest.raises(ValueError, match="no ASCII letter or digit"):
         folder_name("/ — ·")
+
+
+def test_write_table_writes_markdown_and_json_and_echoes_on_request(tmp_path, capsys):
+    from jaxmri.train.report import markdown_grid, write_table
+
+    # The layout of refine's Wilcoxon table (written by hand before it used these two).
+    pvalues = {"RecNet": {"PSNR": 0.0123, "SIS": 0.5}, "CS": {"PSNR": 1.0, "SIS": 2.5e-05}}
+    markdown = markdown_grid(["baseline", "PSNR", "SIS"],
+                             [[n, *(f"{p:.2g}" for p in row.values())]
+                              for n, row in pvalues.items()], title="p-values")
+    assert markdown == ("### p-values\n\n| baseline | PSNR | SIS |\n|---|---|---|\n"
+                        "| RecNet | 0.012 | 0.5 |\n| CS | 1 | 2.5e-05 |\n")
+    md, js = write_table(markdown, pvalues, tmp_path, "wilcoxon")
+    assert md.read_text() == markdown and json.loads(js.read_text()) == pvalues
+    assert capsys.readouterr().out == markdown + "\n"
+    write_table(markdown, pvalues, tmp_path, "quiet", echo=False)
+    assert capsys.readouterr().out == "" and (tmp_path / "quiet.md").read_text() == markdown
