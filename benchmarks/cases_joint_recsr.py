@@ -36,7 +36,6 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from benchmarks._common import StepCase, jax_case
 from experiments import joint_recsr as experiment
@@ -44,8 +43,6 @@ from jaxmri.cpu import conv_for
 from jaxmri.data import load_slices
 from jaxmri.losses import discriminator_loss, generator_loss
 from jaxmri.models import joint_recsr as jr
-from jaxmri.nn.vgg_discriminator import VGGDiscriminator
-from jaxmri.train import create_train_state
 
 __all__ = ["CASE_NAME", "RELATIVE_TOLERANCE", "cases"]
 
@@ -79,46 +76,42 @@ def _batch(preset: experiment.Preset) -> dict[str, np.ndarray]:
 
 
 def _jax_state(preset: experiment.Preset, batch: Mapping[str, np.ndarray], seed: int):
-    """``(train_step, state, predict, discriminator, weights)`` exactly as ``train`` builds them.
+    """``(train_step, state, predict, weights)``: the experiment's own eq. 12 phase.
 
-    (``experiments.joint_recsr.train`` builds the state inline before calling ``fit``; these
-    lines repeat it with the same modules, initialisation and optimiser.)
+    :func:`experiments.joint_recsr.init_generator` and
+    :func:`experiments.joint_recsr.training_phase`, as its ``train`` calls them (key
+    ``PRNGKey(seed)``, the discriminator on the batch's HR size); ``predict`` and ``weights``
+    (for the equivalence check) are :func:`experiments.joint_recsr.build`'s.
     """
     conv = conv_for()  # as experiments.joint_recsr's setup_from_args picks it
-    module, predict, weights, rec_target = experiment.build(METHOD, preset, conv)
-    schedule = optax.piecewise_constant_schedule(
-        preset.learning_rate, {int(m): 0.5 for m in preset.milestones})
     key = jax.random.PRNGKey(seed)
-    variables = jax.jit(module.init)(key, *experiment._inputs(METHOD, batch, 1))
-    disc = VGGDiscriminator(features=preset.disc_features, hidden=2 * preset.disc_features[-1],
-                            conv_general_dilated=conv)
-    size = batch["target"].shape[-1]
-    d_vars = jax.jit(disc.init)(jax.random.fold_in(key, 1),
-                                jnp.zeros((1, size, size, 1), jnp.float32))
-    state = {"generator": create_train_state(module, optax.adam(schedule), variables),
-             "discriminator": create_train_state(disc, optax.adam(schedule), d_vars)}
-    train_step = jr.make_train_step(predict, weights=weights, rec_target=rec_target,
-                                    conv_general_dilated=conv)
-    return train_step, state, predict, disc, weights
+    variables = experiment.init_generator(METHOD, preset, batch, key=key,
+                                          conv_general_dilated=conv)
+    train_step, state = experiment.training_phase(
+        METHOD, preset, variables, key=key, hr_size=batch["target"].shape[-1],
+        conv_general_dilated=conv)
+    predict, weights = experiment.build(METHOD, preset, conv)[1:3]
+    return train_step, state, predict, weights
 
 
-def _jax_forward_and_losses(predict, disc, weights: jr.LossWeights, gen_vars, disc_vars,
+def _jax_forward_and_losses(predict, disc_apply, weights: jr.LossWeights, gen_vars, disc_vars,
                             batch) -> dict[str, jax.Array]:
     """Outputs and the weighted eq. 12 loss of the first step, for the equivalence check.
 
-    The same library functions and weighting as ``make_train_step``'s loss, without gradients.
+    The same library functions and weighting as ``make_train_step``'s loss, without gradients;
+    ``disc_apply`` is the discriminator's ``apply`` (``state['discriminator'].apply_fn``).
     """
     out = predict(gen_vars, batch)
     hr = jnp.abs(batch["target"])
     terms = {
         "perceptual": jr.perceptual_l1_loss(out["sr"], hr),
         "pixel": jnp.mean(jnp.abs(out["sr"] - hr)),
-        "adversarial": generator_loss(disc.apply(disc_vars, out["sr"][..., None])),
+        "adversarial": generator_loss(disc_apply(disc_vars, out["sr"][..., None])),
         "rec": jnp.mean(jnp.abs(out["rec"] - batch["target_lr"])),
     }
     loss = sum(getattr(weights, name) * value for name, value in terms.items())
-    d_loss = discriminator_loss(disc.apply(disc_vars, hr[..., None]),
-                                disc.apply(disc_vars, out["sr"][..., None]))
+    d_loss = discriminator_loss(disc_apply(disc_vars, hr[..., None]),
+                                disc_apply(disc_vars, out["sr"][..., None]))
     return {"sr": out["sr"], "rec": out["rec"], "num_iter": out["num_iter"], **terms,
             "loss": loss, "d_loss": d_loss}
 
@@ -138,7 +131,7 @@ def cases(*, paper: bool = False, with_torch: bool = True) -> list[StepCase]:
 
     preset = experiment.PRESETS["paper" if paper else "cpu"]
     batch = _batch(preset)
-    train_step, state, predict, disc, weights = _jax_state(preset, batch, seed=0)
+    train_step, state, predict, weights = _jax_state(preset, batch, seed=0)
     gen_params = state["generator"].params
     disc_params = state["discriminator"].params
     case = jax_case(CASE_NAME, train_step=train_step, state=state, batch=batch,
@@ -151,7 +144,8 @@ def cases(*, paper: bool = False, with_torch: bool = True) -> list[StepCase]:
     except ImportError:
         return [case]
     reference = jax.jit(
-        lambda g, d, b: _jax_forward_and_losses(predict, disc, weights, g, d, b))(
+        lambda g, d, b: _jax_forward_and_losses(
+            predict, state["discriminator"].apply_fn, weights, g, d, b))(
         state["generator"].variables(), state["discriminator"].variables(),
         {k: jnp.asarray(v) for k, v in batch.items()})
     reference = jax.tree.map(np.asarray, reference)

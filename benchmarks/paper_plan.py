@@ -539,11 +539,7 @@ def joint_steps(preset: Any, label: str = "") -> list[PlanStep]:
     ``zero_filled`` ``(B, s, s)``, ``kspace``, ``maps`` ``(B, C, s, s)`` complex64 and
     ``mask`` ``(B, s, s)`` float32.
     """
-    import optax
-
     from experiments import joint_recsr as exp
-    from jaxmri.models import joint_recsr as jr
-    from jaxmri.nn.vgg_discriminator import VGGDiscriminator
 
     size, b, c = preset.image_size, preset.batch_size, preset.num_coils
     lr = size // 2
@@ -552,27 +548,23 @@ def joint_steps(preset: Any, label: str = "") -> list[PlanStep]:
              "target_lr": _spec((b, lr, lr), cx), "zero_filled": _spec((b, lr, lr), cx),
              "kspace": _spec((b, c, lr, lr), cx), "maps": _spec((b, c, lr, lr), cx),
              "mask": _spec((b, lr, lr), jnp.float32)}
-    module, predict, weights, rec_target = exp.build("Proposed", preset)
-    schedule = optax.piecewise_constant_schedule(
-        preset.learning_rate, {int(m): 0.5 for m in preset.milestones})
-    disc = VGGDiscriminator(features=preset.disc_features, hidden=2 * preset.disc_features[-1])
-    example_keys = ("zero_filled", "kspace", "mask", "maps")  # experiment._inputs' order
+    example = {k: jnp.zeros((1, *v.shape[1:]), v.dtype) for k, v in batch.items()}
+
+    steps = {}
 
     def make(key):
-        from jaxmri.train import create_train_state
+        """The experiment's own eq. 12 phase (``experiments.joint_recsr.training_phase``)."""
+        variables = exp.init_generator("Proposed", preset, example, key=key)
+        train_step, state = exp.training_phase("Proposed", preset, variables, key=key,
+                                               hr_size=size)
+        steps.setdefault("train_step", train_step)  # a plain function: same for every key
+        return state
 
-        example = [jnp.zeros((1, *batch[k].shape[1:]), batch[k].dtype) for k in example_keys]
-        variables = module.init(key, *example)
-        d_vars = disc.init(jax.random.fold_in(key, 1), jnp.zeros((1, size, size, 1)))
-        return {"generator": create_train_state(module, optax.adam(schedule), variables),
-                "discriminator": create_train_state(disc, optax.adam(schedule), d_vars)}
-
-    state = _shape_of(make)
+    state = _shape_of(make)  # traces make once (shapes only), which records the step
     runs = len(preset.masks)
     return [PlanStep(
         name=f"Joint Rec+SR (SFT){label}", experiment="joint_recsr",
-        train_step=jr.make_train_step(predict, weights=weights, rec_target=rec_target),
-        state=state, batch=batch,
+        train_step=steps["train_step"], state=state, batch=batch,
         params={"generator": state["generator"].params,
                 "discriminator": state["discriminator"].params},
         paper_params=None, steps=preset.steps, runs=runs,

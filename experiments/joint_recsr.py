@@ -327,6 +327,54 @@ def warmup_weights(weights: jr.LossWeights) -> jr.LossWeights:
     return jr.LossWeights(perceptual=0.0, pixel=1.0, rec=weights.rec, adversarial=0.0)
 
 
+def init_generator(method: str, preset: Preset, split: dict, *, key: jax.Array,
+                   conv_general_dilated=jax.lax.conv_general_dilated) -> dict:
+    """The initial variables of ``method``'s model (:func:`build`), from ``key``.
+
+    ``split`` is an acquired split (:func:`simulate_split`); its first slice gives the input
+    shapes (``zero_filled`` ``(1, s, s)``, ``kspace`` / ``maps`` ``(1, C, s, s)`` complex64, ...).
+    """
+    module = build(method, preset, conv_general_dilated)[0]
+    return jax.jit(module.init)(key, *_inputs(method, split, 1))
+
+
+def training_phase(method: str, preset: Preset, variables: dict, *, key: jax.Array,
+                   hr_size: int, conv_general_dilated=jax.lax.conv_general_dilated,
+                   warmup: bool = False) -> tuple[Callable, dict]:
+    """``(train_step, state)`` of one training phase of ``method`` from generator ``variables``.
+
+    This is what :func:`train` hands to :func:`fit` (and what ``benchmarks.step_time`` times).
+
+    * ``warmup=False``, the eq. 12 phase: the generator with Adam at ``preset.learning_rate``,
+      halved at ``preset.milestones``; a method with an adversarial term also gets a fresh
+      VGG-style discriminator (``state['discriminator']``, initialised from
+      ``fold_in(key, 1)`` on ``(1, hr_size, hr_size, 1)`` magnitudes, the same optimiser); the
+      step is :func:`jaxmri.models.joint_recsr.make_train_step` with the method's loss weights.
+    * ``warmup=True``, the PSNR-oriented start: the generator alone with Adam at a constant
+      ``preset.learning_rate``, trained on :func:`warmup_weights`.
+
+    ``state`` is ``{'generator': TrainState[, 'discriminator': TrainState]}`` at step 0.
+    """
+    conv = conv_general_dilated
+    module, predict, weights, rec_target = build(method, preset, conv)
+    if warmup:
+        state = {"generator": create_train_state(module, optax.adam(preset.learning_rate),
+                                                 variables)}
+        return jr.make_train_step(predict, weights=warmup_weights(weights),
+                                  rec_target=rec_target, conv_general_dilated=conv), state
+    schedule = optax.piecewise_constant_schedule(
+        preset.learning_rate, {int(m): 0.5 for m in preset.milestones})
+    state = {"generator": create_train_state(module, optax.adam(schedule), variables)}
+    if weights.adversarial > 0:
+        disc = VGGDiscriminator(features=preset.disc_features, hidden=2 * preset.disc_features[-1],
+                                conv_general_dilated=conv)
+        d_vars = jax.jit(disc.init)(jax.random.fold_in(key, 1),
+                                    jnp.zeros((1, hr_size, hr_size, 1), jnp.float32))
+        state["discriminator"] = create_train_state(disc, optax.adam(schedule), d_vars)
+    return jr.make_train_step(predict, weights=weights, rec_target=rec_target,
+                              conv_general_dilated=conv), state
+
+
 def train(method: str, train_split: dict, preset: Preset, workdir: Path, args) -> tuple:
     """Train one model with :func:`fit` in ``workdir`` (resumes); ``(predict, variables)``.
 
@@ -334,44 +382,33 @@ def train(method: str, train_split: dict, preset: Preset, workdir: Path, args) -
     :func:`warmup_weights` (in ``workdir/warmup``), then ``preset.steps`` on eq. 12 from those
     weights with a fresh optimiser (and a new discriminator); reconstruction-only models (L1
     loss) train ``warmup_steps + steps`` steps, so every model gets the same number of updates.
-    The paper preset has no warm-up.
+    The paper preset has no warm-up. Each phase is :func:`training_phase`.
     """
     conv = args.conv_general_dilated
-    module, predict, weights, rec_target = build(method, preset, conv)
+    predict, weights = build(method, preset, conv)[1:3]
     steps, batch_size = preset.steps, preset.batch_size
     key = jax.random.PRNGKey(args.seed)
     batch_fn = random_batches(train_split, batch_size=batch_size, seed=args.seed)
-    variables = jax.jit(module.init)(key, *_inputs(method, train_split, 1))
+    variables = init_generator(method, preset, train_split, key=key, conv_general_dilated=conv)
+    phase = functools.partial(training_phase, method, preset, key=key,
+                              hr_size=train_split["target"].shape[-1],
+                              conv_general_dilated=conv)
     warmup = preset.warmup_steps if weights.pixel > 0 else 0
     if weights.pixel == 0:
         # Reconstruction-only models (L1 throughout) get as many updates as the others.
         steps += preset.warmup_steps
     if warmup:
-        state = {"generator": create_train_state(module, optax.adam(preset.learning_rate),
-                                                 variables)}
-        state = fit(train_step=jr.make_train_step(predict, weights=warmup_weights(weights),
-                                                  rec_target=rec_target,
-                                                  conv_general_dilated=conv),
-                    state=state, batch_fn=batch_fn, num_steps=warmup,
+        train_step, state = phase(variables, warmup=True)
+        state = fit(train_step=train_step, state=state, batch_fn=batch_fn, num_steps=warmup,
                     key=jax.random.fold_in(key, 3), workdir=workdir / "warmup",
                     checkpoint_every=max(warmup // 2, 1), keep_checkpoints=1,
                     log_every=max(warmup // 10, 1), resume=args.resume,
                     desc=f"{method} warm-up ({workdir.parent.name})")
         variables = state["generator"].variables()
-    schedule = optax.piecewise_constant_schedule(
-        preset.learning_rate, {int(m): 0.5 for m in preset.milestones})
-    state = {"generator": create_train_state(module, optax.adam(schedule), variables)}
-    if weights.adversarial > 0:
-        disc = VGGDiscriminator(features=preset.disc_features, hidden=2 * preset.disc_features[-1],
-                                conv_general_dilated=conv)
-        size = train_split["target"].shape[-1]
-        d_vars = jax.jit(disc.init)(jax.random.fold_in(key, 1),
-                                    jnp.zeros((1, size, size, 1), jnp.float32))
-        state["discriminator"] = create_train_state(disc, optax.adam(schedule), d_vars)
-    state = fit(train_step=jr.make_train_step(predict, weights=weights, rec_target=rec_target,
-                                              conv_general_dilated=conv),
-                state=state, batch_fn=batch_fn, num_steps=steps, key=jax.random.fold_in(key, 2),
-                workdir=workdir, checkpoint_every=max(steps // 2, 1), keep_checkpoints=1,
+    train_step, state = phase(variables)
+    state = fit(train_step=train_step, state=state, batch_fn=batch_fn, num_steps=steps,
+                key=jax.random.fold_in(key, 2), workdir=workdir,
+                checkpoint_every=max(steps // 2, 1), keep_checkpoints=1,
                 log_every=max(steps // 10, 1), resume=args.resume,
                 desc=f"{method} ({workdir.parent.name})")
     return predict, state["generator"].variables()

@@ -2,11 +2,15 @@
 
 import json
 
+import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import joint_recsr as exp
 from jaxmri.data import acquire_slices, load_slices
+from jaxmri.nn.vgg_discriminator import VGGDiscriminator
 from _claims_helpers import assert_claims_recompute
 
 
@@ -56,6 +60,56 @@ def test_warmup_loss_is_pixel_and_reconstruction_l1_only():
     # the paper's loss weights after the warm-up.
     assert exp.PRESETS["paper"].warmup_steps == 0
     assert full == exp.jr.LossWeights()
+
+
+def _first_two_learning_rates(train_state):
+    """The step sizes of the first two Adam updates under a constant gradient (Adam's
+    normalised step is then 1, so each update is minus the learning rate of its step)."""
+    tx, params = train_state.tx, train_state.params
+    grads = jax.tree.map(jnp.ones_like, params)
+    opt_state = tx.init(params)
+    rates = []
+    for _ in range(2):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        rates.append(-float(jax.tree.leaves(updates)[0].ravel()[0]))
+    return rates
+
+
+def test_training_phase_states_optimisers_and_discriminator():
+    preset = exp.PRESETS["smoke"]  # learning rate 1e-3 halved at step 1
+    slices = load_slices(None, image_size=preset.image_size, split="train",
+                         orientations=(preset.orientation,), fractions=preset.split_fractions)
+    split = exp.simulate_split(slices, np.arange(2), mask_name="gauss1d", seed=0,
+                               num_coils=preset.num_coils, snr_db=preset.snr_db)
+    key = jax.random.PRNGKey(7)
+    variables = exp.init_generator("Proposed", preset, split, key=key)
+    module = exp.build("Proposed", preset)[0]
+    expected = jax.jit(module.init)(key, *exp._inputs("Proposed", split, 1))
+    chex.assert_trees_all_equal(variables, expected)
+
+    step, state = exp.training_phase("Proposed", preset, variables, key=key, hr_size=32)
+    assert callable(step) and set(state) == {"generator", "discriminator"}
+    chex.assert_trees_all_equal(state["generator"].params, variables["params"])
+    assert int(state["generator"].step) == 0
+    np.testing.assert_allclose(_first_two_learning_rates(state["generator"]), [1e-3, 5e-4],
+                               rtol=1e-4)
+    np.testing.assert_allclose(_first_two_learning_rates(state["discriminator"]),
+                               [1e-3, 5e-4], rtol=1e-4)
+    # A fresh discriminator from fold_in(key, 1) on HR magnitudes.
+    disc = VGGDiscriminator(features=preset.disc_features, hidden=2 * preset.disc_features[-1])
+    d_vars = disc.init(jax.random.fold_in(key, 1), jnp.zeros((1, 32, 32, 1), jnp.float32))
+    chex.assert_trees_all_close(state["discriminator"].params, d_vars["params"], rtol=1e-6)
+
+    # The warm-up phase: generator only, constant learning rate.
+    _, warm = exp.training_phase("Proposed", preset, variables, key=key, hr_size=32,
+                                 warmup=True)
+    assert set(warm) == {"generator"}
+    np.testing.assert_allclose(_first_two_learning_rates(warm["generator"]), [1e-3, 1e-3],
+                               rtol=1e-4)
+    # Reconstruction-only models (L1) train without a discriminator.
+    rec_vars = exp.init_generator("Recon", preset, split, key=key)
+    _, rec = exp.training_phase("Recon", preset, rec_vars, key=key, hr_size=32)
+    assert set(rec) == {"generator"}
 
 
 # About 4 CPU-minutes of XLA compilation (VGG16 gradients, DEQ, discriminator, LPIPS, run twice
