@@ -138,6 +138,11 @@ class Preset:
     joint_from_recnet: bool
     gan_lr: float
     acceleration: float = 8.0
+    # The simulated acquisition (jaxmri.data.simulate): the smooth random phase's amplitude
+    # (0: real-valued images, as the authors' code simulates from magnitude images) and the
+    # k-space SNR in dB (None: no noise, as in the authors' code).
+    max_phase: float = float(np.pi)
+    snr_db: float | None = 30.0
     recnet_features: int = 32
     seg_lr: float = 1e-3
     recnet_lr: float = 1e-3
@@ -166,14 +171,16 @@ PRESETS = {
         recnet_features=8, pool_size=4, cs_lams=(0.01,), cs_iters=10, eval_batch=4,
         checkpoint_every=2),
     "cpu": Preset(
-        description="python -m experiments.refine: ~7 CPU-minutes on 2 cores (48 px, 8x); "
-        "Table 1 analog (PSNR, SSIM, LPIPS, Dice, SIS) of zero-filled, CS, RecNet, joint "
-        "and refined, with Wilcoxon tests (expected values in the module docstring).",
-        image_size=48, center_lines=2, seg_features=(16, 32, 64), seg_steps=300, seg_batch=8,
-        recnet_steps=600, recnet_batch=8, refine_steps=150, refine_batch=4,
+        description="python -m experiments.refine: ~15 min on 2 cores (128 px, 8x, 8 central "
+        "lines, real-valued images); Table 1 analog (PSNR, SSIM, LPIPS, Dice, SIS) of "
+        "zero-filled, CS, RecNet, joint and refined, with Wilcoxon tests, claims and regime "
+        "tables (measured values: docs/refine_regime.md).",
+        image_size=128, center_lines=8, seg_features=(16, 32, 64), seg_steps=200, seg_batch=8,
+        recnet_steps=300, recnet_batch=8, refine_steps=150, refine_batch=4,
         refine_encoder=(16, 32, 64), refine_decoder=(32, 16),
         disc_features=(32, 64, 128, 256, 256, 256), joint_steps=150, joint_batch=4,
-        joint_from_recnet=True, gan_lr=1e-3),
+        joint_from_recnet=True, gan_lr=1e-3, max_phase=0.0,
+        cs_lams=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3)),
     "paper": Preset(
         description="python -m experiments.refine --preset paper: the paper's networks and "
         "batch sizes at 192 px (hours on a GPU, days on CPU).",
@@ -196,7 +203,7 @@ def _mask_fn(preset: Preset):
 
 def _acquire(slices, indices, *, preset: Preset, seed: int) -> dict[str, np.ndarray]:
     acq = acquire_slices(slices, np.asarray(indices), mask_fn=_mask_fn(preset), seed=seed,
-                         num_coils=1)
+                         num_coils=1, snr_db=preset.snr_db, max_phase=preset.max_phase)
     return {key: acq[key] for key in (*RECON_KEYS, "labels")}
 
 
