@@ -244,7 +244,8 @@ def build_refine(preset, flags, workdir: Path) -> Method:
 
     def acquire_image(images, ids):
         acq = acquire_slices({"image": images}, np.arange(len(images)), mask_fn=mask_fn,
-                             seed=_image_seed(flags), num_coils=1)
+                             seed=_image_seed(flags), num_coils=1, snr_db=preset.snr_db,
+                             max_phase=preset.max_phase)
         return {k: acq[k] for k in ("zero_filled", "kspace", "mask", "maps")}
 
     def acquire_kspace(kspace, mask, ids):

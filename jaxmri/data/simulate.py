@@ -319,12 +319,15 @@ def acquire_slices(
     snr_db: float | None = 30.0,
     fixed_mask: bool = False,
     coil_radius: float = 1.5,
+    max_phase: float = np.pi,
 ) -> dict[str, np.ndarray]:
     """One batch: the acquisition of ``slices`` at ``indices`` (the indices seed the slices).
 
     Uses :func:`acquisition_from_kspace` when the slices dict has measured ``kspace``
-    (fastMRI), else :func:`simulate_acquisition` on ``slices["image"]``. ``labels``, if present,
-    are passed through as ``labels`` ``(B, H, W)`` ``uint8``.
+    (fastMRI), else :func:`simulate_acquisition` on ``slices["image"]`` (``num_coils``,
+    ``snr_db``, ``coil_radius`` and ``max_phase`` apply to that simulation only; ``max_phase=0``
+    simulates real-valued images). ``labels``, if present, are passed through as ``labels``
+    ``(B, H, W)`` ``uint8``.
     """
     indices = np.asarray(indices)
     if "kspace" in slices:
@@ -333,7 +336,8 @@ def acquire_slices(
     else:
         out = simulate_acquisition(slices["image"][indices], mask_fn=mask_fn, seed=seed,
                                    slice_index=indices, num_coils=num_coils, snr_db=snr_db,
-                                   fixed_mask=fixed_mask, coil_radius=coil_radius)
+                                   fixed_mask=fixed_mask, coil_radius=coil_radius,
+                                   max_phase=max_phase)
     if "labels" in slices:
         out["labels"] = slices["labels"][indices]
     return out

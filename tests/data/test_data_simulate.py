@@ -198,6 +198,21 @@ def test_acquire_slices_dispatches_and_passes_labels(images, rng):
     np.testing.assert_array_equal(measured["kspace"][0], kspace[2] * measured["mask"][0])
 
 
+def test_acquire_slices_real_valued_images_with_max_phase_zero(images):
+    """``max_phase=0`` reaches the simulation: the target is the magnitude image itself (no
+    phase), while the default draws a phase of up to pi."""
+    slices = {"image": images}
+    real = acquire_slices(slices, np.array([1, 3]), mask_fn=full_mask, seed=5, num_coils=1,
+                          snr_db=None, max_phase=0.0)
+    np.testing.assert_array_equal(real["target"].imag, 0.0)
+    np.testing.assert_allclose(real["target"].real, images[[1, 3]], atol=1e-6)
+    np.testing.assert_allclose(real["zero_filled"], real["target"], atol=1e-5)
+    phased = acquire_slices(slices, np.array([1, 3]), mask_fn=full_mask, seed=5, num_coils=1,
+                            snr_db=None)
+    assert np.abs(phased["target"].imag).max() > 0.1
+    np.testing.assert_allclose(np.abs(phased["target"]), images[[1, 3]], atol=1e-6)
+
+
 def test_coil_maps_are_reused_but_never_shared_writable(images):
     """The coil maps are computed once per (shape, coils); a caller editing its result cannot
     change the next batch's."""

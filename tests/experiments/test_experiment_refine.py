@@ -110,3 +110,26 @@ def test_smoke_run_claims_equal_statistics_of_its_per_slice_json(tmp_path, monke
     files = assert_claims_recompute(tmp_path, refine.paper_claims(joint),
                                     refine.regime_rows(joint))
     assert out["claims"] == files["claims"]["claims"]
+
+
+def test_cpu_preset_acquisition_follows_the_authors_simulation():
+    """The cpu preset simulates what the authors' code does (docs/refine_regime.md): real-valued
+    images, a 1-D Gaussian mask keeping 12.5 % of the columns (8x) of which the 8 central ones
+    always, a fresh mask per slice."""
+    import numpy as np
+
+    from jaxmri.data import load_slices
+
+    preset = refine.PRESETS["cpu"]
+    size = preset.image_size
+    slices = load_slices(None, image_size=size, split="val", orientations=(preset.orientation,),
+                         fractions=preset.split_fractions)
+    acq = refine._acquire(slices, np.arange(3), preset=preset, seed=7)
+    np.testing.assert_array_equal(acq["target"].imag, 0.0)
+    np.testing.assert_allclose(acq["target"].real, slices["image"][:3], atol=1e-6)
+    columns = acq["mask"][:, 0, :]  # (slices, W): a column mask is constant along H
+    np.testing.assert_array_equal(acq["mask"], np.broadcast_to(columns[:, None], acq["mask"].shape))
+    np.testing.assert_array_equal(columns.sum(axis=1), size // 8)
+    centre = slice(size // 2 - 4, size // 2 + 4)
+    assert np.all(columns[:, centre] == 1)
+    assert not np.array_equal(columns[0], columns[1])  # a fresh mask per slice
