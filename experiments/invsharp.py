@@ -127,14 +127,14 @@ PRESETS = {
         steps=4, batch_size=2, checkpoint_every=2, eval_slices=4,
     ),
     "cpu": Preset(
-        description=("About 9 minutes wall on 2 idle cores (16 CPU-minutes measured "
-                     "2026-12-04): 64 px axial slices (one orientation: no voxel shared "
-                     "across splits), 16 coils close to the head (fastMRI: 15-20), fastMRI "
-                     "equispaced-fraction 4x mask, SNR 30 dB; recon model 1 (5 cascades) and "
-                     "the U-Net (regime row) start from CG-SENSE and train 300 steps; 4 "
-                     "blocks x 5 convs x 32 and 300 steps per method; prints Tables 2, 3, the "
-                     "regime and claims tables (the ablation of Fig. 3b, three more "
-                     "trainings, only with --ablation)."),
+        description=("8.5 minutes wall on 2 idle cores (measured on a fresh clone, "
+                     "2026-12-04; 15 CPU-minutes): 64 px axial slices (one orientation: "
+                     "no voxel shared across splits), 16 coils close to the head "
+                     "(fastMRI: 15-20), fastMRI equispaced-fraction 4x mask, SNR 30 dB; "
+                     "recon model 1 (5 cascades) and the U-Net (regime row) start from "
+                     "CG-SENSE and train 300 steps; 4 blocks x 5 convs x 32 and 300 steps "
+                     "per method; prints Tables 2, 3, the regime and claims tables (the "
+                     "ablation of Fig. 3b, three more trainings, only with --ablation)."),
         image_size=64, num_coils=16, coil_radius=1.0, orientations=("axial",),
         recon_cascades=5, recon_convs=5, recon_features=32, unet_features=(16, 32, 64),
         recon_steps=300,
