@@ -157,23 +157,26 @@ PRESETS = {
     ),
     "cpu": Preset(
         description=(
-            "python -m experiments.dsgan_sr: about 1-2 minutes per seed on 2 idle CPU cores "
-            "(--seeds 0,1,2: 3:18 wall, 2026-12-04); 64x64 HR / "
-            "32x32 scanner-LR slices (all 69 coronal training slices, 33 test), DSGAN with 32 "
-            "channels for 500 iterations (batch 2, 48x48 HR / 18x18 LR crops), DSN 300 steps, "
-            "four EDSRs (4 blocks, 32 features, 16x16 LR crops, batch 16) 300 steps each; prints "
-            "Table 2/3 analogs (SSIM, PSNR, BRISQUE, graded NR), the kernel error, claims and "
-            "regime. Paper's claim: DSGAN+EDSR above GB+EDSR and ZF+EDSR in SSIM/PSNR. Measured "
-            "2026-12-04 (47 min at load 20-37; one orientation, GB sigma 1.2 selected on the "
-            "training pairs): DSGAN+EDSR 0.649 / 21.6 dB below GB+EDSR 0.667 / 22.6 and ZF+EDSR "
-            "0.694 / 22.7; Bicubic 0.694 / 24.0; DSN+EDSR 0.796 / 23.0; DSGAN kernel error 0.45 "
-            "vs 0.32 for the selected Gaussian."),
+            "python -m experiments.dsgan_sr: 5.5-6.7 minutes per seed on the shared 2-core "
+            "machine at load 7 (--seeds 0,1,2: 17:58 wall, 331-401 s per seed, 2026-12-04); "
+            "96x96 HR / 48x48 scanner-LR slices (the paper's EDSR patch sizes; all 69 coronal "
+            "training slices, 33 test); HR and LR are two noisy serial scans (Rician sigma 0.04 "
+            "on HR, 0.04 / 3.02 on LR from the paper's Table 1, LR NLM-denoised), chosen so that "
+            "Bicubic and ZF+EDSR land in the paper's regime (docs/dsgan_sr_regime.md); DSGAN "
+            "with 32 channels for 500 iterations (batch 2, 48x48 HR / 18x18 LR crops), DSN 300 "
+            "steps, four EDSRs (4 blocks, 32 features, 16x16 LR crops, batch 16) 1000 steps "
+            "each; prints Table 2/3 analogs (SSIM, PSNR, BRISQUE, graded NR), the kernel error, "
+            "claims and regime. Measured over seeds 0-2 (PSNR / SSIM): Bicubic 23.88 / 0.609 "
+            "(paper 22.2 / 0.605), ZF+EDSR 22.92-23.07 / 0.565-0.574 (paper 22.2 / 0.601), both "
+            "in regime; DSGAN+EDSR 19.39-21.86 / 0.522-0.552, below GB+EDSR (22.67-22.79), "
+            "ZF+EDSR, Bicubic and DSN+EDSR (23.66-23.75 / 0.675) in 3/3 seeds; DSGAN kernel "
+            "error 0.45-0.57 vs 0.31 for the selected Gaussian (sigma 1.1)."),
         image_size=96, num_train=120, num_test=33, num_graded=12, max_shift=0.75,
         hr_noise_std=0.04,
         gan_features=32, gan_hr_crop=48, gan_steps=500, gan_batch=2,
         gan_learning_rate=1e-3,
         dsn_features=32, dsn_layers=4, dsn_steps=300,
-        edsr_blocks=4, edsr_features=32, edsr_lr_crop=16, edsr_batch=16, edsr_steps=300,
+        edsr_blocks=4, edsr_features=32, edsr_lr_crop=16, edsr_batch=16, edsr_steps=1000,
         edsr_learning_rate=3e-4,
     ),
     "paper": Preset(
