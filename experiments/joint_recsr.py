@@ -147,20 +147,23 @@ PRESETS = {
         milestones=(1,), cg_iters=5,
     ),
     "cpu": Preset(
-        description="python -m experiments.joint_recsr: 9 to 13 minutes on 2 idle CPU cores; "
-        "64x64 HR slices (32x32 LR), 8 coils, 1-D Gaussian 2.5x + x2 SR (5x), 64 training "
-        "slices, small networks (16 features, 2 RRDB-SFT blocks, DEQ <= 6 iterations); every "
-        "model gets 350 Adam steps (batch 4): models with an SR output 250 warm-up steps on "
-        "pixel + reconstruction L1 (ESRGAN's PSNR-oriented start; not in the paper) then 100 "
-        "on eq. 12, reconstruction-only models 350 on L1. All of Table 1 (SR, Recon, "
-        "Recon-SR, Recon+SR, Proposed) and Table 3 (CG-SENSE+bicubic, MoDL+bicubic, "
-        "Proposed). Paper claims to check: Proposed best PSNR/SSIM/LPIPS; joint above "
-        "sequential. Measured 2026-11-22 (8.8 min; PSNR / SSIM / LPIPS): Proposed 21.03 / "
-        "0.807 / 0.128, Recon+SR 18.19 / 0.799 / 0.132, Recon-SR 18.88 / 0.802 / 0.136, Recon "
-        "22.89 / 0.772 / 0.148, SR 14.25 / 0.653 / 0.197, CG-SENSE+bicubic 23.48 / 0.844 / "
-        "0.114, MoDL+bicubic 21.86 / 0.770 / 0.167; seeds 1 and 2 gave Proposed 20.91 and "
-        "22.69 dB against Recon+SR 19.07 and 20.12 (earlier simulated data: Proposed "
-        "20.51-20.90 dB against Recon+SR 17.20-20.62; see the README).",
+        description="python -m experiments.joint_recsr: 22.3 minutes measured 2026-12-04 on "
+        "the shared 2-core machine at load 6-7 (two other jobs); earlier idle runs of the "
+        "same size took 9 to 13 minutes (not re-measured idle); 64x64 HR slices (32x32 LR), "
+        "8 coils, noisy references (k-space SNR 12 dB, chosen from the non-method rows), 1-D "
+        "Gaussian 2.5x + x2 SR (5x), 64 training slices, small networks (16 features, 2 "
+        "RRDB-SFT blocks, DEQ <= 6 iterations, MoDL 3 iterations with CG data consistency); "
+        "every model gets 350 Adam steps (batch 4): models with an SR output 250 warm-up "
+        "steps on pixel + reconstruction L1 (ESRGAN's PSNR-oriented start; not in the paper) "
+        "then 100 on eq. 12, reconstruction-only models 350 on L1; CG-SENSE lambda 1e-2 "
+        "(best on the validation split). All of Table 1 (SR, Recon, Recon-SR, Recon+SR, "
+        "Proposed) and Table 3 (CG-SENSE+bicubic, MoDL+bicubic, Proposed). Paper claims to "
+        "check: Proposed best PSNR/SSIM/LPIPS; joint above sequential. Seed 0 (PSNR / SSIM / "
+        "LPIPS): Proposed 20.67 / 0.752 / 0.106, Recon+SR 21.28 / 0.754 / 0.128, Recon-SR "
+        "20.30 / 0.776 / 0.136, Recon 22.44 / 0.774 / 0.176, SR 16.76 / 0.667 / 0.204, "
+        "CG-SENSE+bicubic 24.01 / 0.818 / 0.135, MoDL+bicubic 24.44 / 0.831 / 0.139 (paper: "
+        "CG-SENSE+bicubic 22.41 / 0.581, learned rows 28.9-30.3 dB; see "
+        "docs/joint_recsr_regime.md).",
         image_size=64, num_coils=8, num_train=64, num_test=24, masks=("gauss1d",),
         table1=TABLE1, table3=TABLE3,
         sr_features=16, sr_growth=8, sr_blocks=2, cond_features=8, rec_features=16,
@@ -172,7 +175,9 @@ PRESETS = {
         description="python -m experiments.joint_recsr --preset paper: days on 2 CPU cores "
         "(use a GPU); 128x128 HR slices, 12 coils, both masks (1-D Gaussian 2.5x and 2-D "
         "Poisson 4x), the paper's SR module (64 features, growth 32, 23 RRDB-SFT blocks), all "
-        "of Table 1 and Table 3, Adam 1e-4 halved at 50k/100k/200k/300k, 400k steps, batch 4.",
+        "of Table 1 and Table 3, Adam 1e-4 halved at 50k/100k/200k/300k, 400k steps, batch 4; "
+        "references simulated at k-space SNR 12 dB as in the cpu preset; CG-SENSE lambda 1e-2 "
+        "was chosen on the 64 px validation split (rerun select_cg_lambda at 128 px).",
         image_size=128, num_coils=12, num_train=1600, num_test=150,
         masks=("gauss1d", "poisson2d"), table1=TABLE1, table3=TABLE3,
         sr_features=64, sr_growth=32, sr_blocks=23, cond_features=32, rec_features=64,
