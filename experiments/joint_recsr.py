@@ -147,24 +147,24 @@ PRESETS = {
         milestones=(1,), cg_iters=5,
     ),
     "cpu": Preset(
-        description="python -m experiments.joint_recsr: 14.9 to 22.3 minutes per seed measured "
-        "2026-12-04 on the shared 2-core machine at load 5-8 (two other jobs); earlier idle "
-        "runs of the same size took 9 to 13 minutes (not re-measured idle); 64x64 HR slices (32x32 LR), "
+        description="python -m experiments.joint_recsr: 14.9 to 22.3 minutes per seed "
+        "measured 2026-12-04"
+        " on the shared 2-core machine at load 5-8 (two other jobs); earlier idle runs of the"
+        " same size took 9 to 13 minutes (not re-measured idle); 64x64 HR slices (32x32 LR), "
         "8 coils, noisy references (k-space SNR 12 dB, chosen from the non-method rows), 1-D "
-        "Gaussian 2.5x + x2 SR (5x), 64 training slices, small networks (16 features, 2 "
-        "RRDB-SFT blocks, DEQ <= 6 iterations, MoDL 3 iterations with CG data consistency); "
-        "every model gets 350 Adam steps (batch 4): models with an SR output 250 warm-up "
-        "steps on pixel + reconstruction L1 (ESRGAN's PSNR-oriented start; not in the paper) "
-        "then 100 on eq. 12, reconstruction-only models 350 on L1; CG-SENSE lambda 1e-2 "
-        "(best on the validation split). All of Table 1 (SR, Recon, Recon-SR, Recon+SR, "
-        "Proposed) and Table 3 (CG-SENSE+bicubic, MoDL+bicubic, Proposed). Paper claims to "
-        "check: Proposed best PSNR/SSIM/LPIPS; joint above sequential. Seed 0 (PSNR / SSIM / "
-        "LPIPS): Proposed 20.67 / 0.752 / 0.106, Recon+SR 21.28 / 0.754 / 0.128, Recon-SR "
-        "20.30 / 0.776 / 0.136, Recon 22.44 / 0.774 / 0.176, SR 16.76 / 0.667 / 0.204, "
-        "CG-SENSE+bicubic 24.01 / 0.818 / 0.135, MoDL+bicubic 24.44 / 0.831 / 0.139 (paper: "
-        "CG-SENSE+bicubic 22.41 / 0.581, learned rows 28.9-30.3 dB); seeds 1 and 2: Proposed "
-        "21.67 and 21.79 dB, Recon+SR 19.49 and 16.19, SR 16.61 and 12.77 (see "
-        "docs/joint_recsr_regime.md).",
+        "Gaussian 2.5x + x2 SR (5x), 64 training slices, small networks (16 features, 2 RRDB-"
+        "SFT blocks, DEQ <= 6 iterations, MoDL 3 iterations with CG data consistency); every "
+        "model gets 350 Adam steps (batch 4): models with an SR output 250 warm-up steps on "
+        "pixel + reconstruction L1 (ESRGAN's PSNR-oriented start; not in the paper) then 100 "
+        "on eq. 12, reconstruction-only models 350 on L1; CG-SENSE lambda 1e-2 (best on the "
+        "validation split). All of Table 1 (SR, Recon, Recon-SR, Recon+SR, Proposed) and "
+        "Table 3 (CG-SENSE+bicubic, MoDL+bicubic, Proposed). Paper claims to check: Proposed "
+        "best PSNR/SSIM/LPIPS; joint above sequential. Seed 0 (PSNR / SSIM / LPIPS): Proposed"
+        " 20.67 / 0.752 / 0.106, Recon+SR 21.28 / 0.754 / 0.128, Recon-SR 20.30 / 0.776 / "
+        "0.136, Recon 22.44 / 0.774 / 0.176, SR 16.76 / 0.667 / 0.204, CG-SENSE+bicubic 24.01"
+        " / 0.818 / 0.135, MoDL+bicubic 24.44 / 0.831 / 0.139 (paper: CG-SENSE+bicubic 22.41 "
+        "/ 0.581, learned rows 28.9-30.3 dB); seeds 1 and 2: Proposed 21.67 and 21.79 dB, "
+        "Recon+SR 19.49 and 16.19, SR 16.61 and 12.77 (see docs/joint_recsr_regime.md).",
         image_size=64, num_coils=8, num_train=64, num_test=24, masks=("gauss1d",),
         table1=TABLE1, table3=TABLE3,
         sr_features=16, sr_growth=8, sr_blocks=2, cond_features=8, rec_features=16,
