@@ -185,3 +185,26 @@ def test_smoke_run_claims_equal_statistics_of_its_per_slice_json(tmp_path):
     exp.main(["--preset", "smoke", "--workdir", str(tmp_path)])
     rows = {"gauss1d": ["SR", "Proposed", "CG-SENSE+bicubic"]}
     assert_claims_recompute(tmp_path, exp.paper_claims(rows), exp.regime_rows(rows))
+
+
+def test_cg_lambda_is_chosen_by_psnr_on_the_split():
+    """Noisy data need Tikhonov regularisation, noiseless data do not: the selection follows
+    the scores, and the score of lam is CG-SENSE(lam) + bicubic against the HR magnitude."""
+    from jaxmri.metrics import psnr
+    from jaxmri.physics import cg_sense
+
+    slices = load_slices(None, image_size=32, split="val")
+    lams = (0.0, 0.03, 1.0)
+    picks = {}
+    for snr in (0.0, None):
+        data = exp.simulate_split(slices, np.arange(3), mask_name="gauss1d", seed=2,
+                                  num_coils=4, snr_db=snr)
+        scores = exp.cg_lambda_scores(data, lams, max_iter=20)
+        picks[snr] = exp.select_cg_lambda(data, lams, max_iter=20)
+        assert scores[picks[snr]] == max(scores.values())
+        rec = cg_sense(data["kspace"], data["maps"], data["mask"][:, None], lam=1.0,
+                       max_iter=20).image
+        direct = float(np.mean(psnr(exp._upsample(rec), np.abs(data["target"]))))
+        np.testing.assert_allclose(scores[1.0], direct, rtol=1e-5)
+    assert picks[0.0] > 0.0  # at 0 dB the unregularised solve amplifies the noise
+    assert picks[None] < 1.0  # without noise strong regularisation only biases the image
