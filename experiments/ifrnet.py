@@ -128,19 +128,20 @@ PRESETS = {
         ablation_steps=2, ablation_stages=2,
     ),
     "cpu": Preset(
-        description="python -m experiments.ifrnet: 3 to 12 minutes on 2 CPU cores (3.3 "
-        "measured on idle cores, 2026-11-22); "
-        "64x64 slices, 100 training slices, IFR-Net (7 stages, K=2, L=8) vs ADMM-Net (10 "
-        "stages), IFR-CS and zero-filling (the methods of the paper's Tables IV and V; D5-C5 "
-        "and the U-Net only in the paper preset), 150 Adam steps each; Table IV at 20 % "
-        "pseudo-radial and Table V (1-D random, 2-D random, pseudo-radial at 25 %). Expected "
-        "ordering: IFR-Net above ADMM-Net, IFR-CS above zero-filling (PSNR/SSIM up, HFEN down).",
-        image_size=64, num_train=100, num_val=8, num_test=33,
+        description="python -m experiments.ifrnet: 8.5 minutes on 2 CPU cores (measured "
+        "2026-12-04, load about 1); 128x128 slices (the paper preset's size: at 64 px the "
+        "pseudo-radial rows sit 4-8 dB below the paper's, at 128 px within 2.2 dB), 100 "
+        "training slices, IFR-Net (7 stages, K=2, L=8) vs ADMM-Net (10 stages), IFR-CS and "
+        "zero-filling (the methods of the paper's Tables IV and V; D5-C5 and the U-Net only "
+        "in the paper preset), 150 Adam steps each; Table IV at 20 % pseudo-radial and "
+        "Table V (1-D random, 2-D random, pseudo-radial at 25 %). Expected ordering: IFR-Net "
+        "above ADMM-Net, IFR-CS above zero-filling (PSNR/SSIM up, HFEN down).",
+        image_size=128, num_train=100, num_val=8, num_test=33,
         table_iv_rates=(0.2,), table_v_masks=("1d_random", "2d_random", "radial25"),
         learned=("ADMM-Net", "IFR-Net"),
         ifr_stages=7, ifr_blocks=2, ifr_features=8, admm_stages=10, dc_features=32,
         unet_features=(16, 32, 64), steps=150, batch_size=4, learning_rate=2e-3,
-        ifr_cs_iters=50, ifr_cs_thresholds=(0.01, 0.02, 0.04, 0.08),
+        ifr_cs_iters=50, ifr_cs_thresholds=(0.005, 0.01, 0.02, 0.04, 0.08),
         ifr_cs_rhos=(0.02, 0.05, 0.1), ifr_cs_vs=(0.002, 0.008, 0.03),
         ablation_steps=200, ablation_stages=5,
     ),
