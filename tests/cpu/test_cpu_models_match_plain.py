@@ -22,7 +22,7 @@ from jaxmri.models import dsgan
 from jaxmri.models import ifrnet as ifr
 from jaxmri.models import invsharp as isn
 from jaxmri.models import joint_recsr as jr
-from jaxmri.models.recon import DCCascade, UNetRecon
+from jaxmri.models.recon import DCCascade, MoDL, UNetRecon
 from jaxmri.models.refine import GatedRefinement
 from jaxmri.nn.edsr import EDSR
 from jaxmri.nn.fixed_point import Unrolled
@@ -53,10 +53,18 @@ def _mri(n=2, coils=2, size=16):
     return jr.encode_adjoint(kspace, maps, mask), kspace, mask, maps
 
 
-def _module_case(build, *inputs, mutable=False, **call):
-    """``(conv -> loss(params))`` of a Flax module built by ``build(conv)``, from one init."""
+def _module_case(build, *inputs, mutable=False, perturb=0.0, **call):
+    """``(conv -> loss(params))`` of a Flax module built by ``build(conv)``, from one init.
+
+    ``perturb > 0`` adds Gaussian noise of that standard deviation to every parameter, so that
+    layers behind a zero-initialised convolution (an identity start) get non-zero gradients.
+    """
     variables = build(PLAIN).init(jax.random.PRNGKey(0), *inputs, **call)
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    if perturb:
+        leaves, tree = jax.tree.flatten(params)
+        params = jax.tree.unflatten(tree, [leaf + perturb * _real(100 + i, leaf.shape)
+                                           for i, leaf in enumerate(leaves)])
 
     def loss_for(conv):
         module = build(conv)
@@ -121,6 +129,11 @@ CASES = {
     "DC cascade": lambda: _module_case(
         lambda c: DCCascade(num_cascades=1, convs_per_cascade=3, features=8,
                             conv_general_dilated=c), *_zf_ks_mask_maps()),
+    # MoDL's denoiser ends in a zero convolution (identity start): perturbed, so that every
+    # convolution's gradient, through the shared denoiser and the CG solves, is compared.
+    "MoDL": lambda: _module_case(
+        lambda c: MoDL(num_iterations=2, convs=3, features=4, cg_iters=4,
+                       conv_general_dilated=c), *_zf_ks_mask_maps(), perturb=0.05),
     "U-Net recon": lambda: _module_case(
         lambda c: UNetRecon(features=(4, 8), conv_general_dilated=c), _mri()[0]),
     "Gated refinement": lambda: _module_case(

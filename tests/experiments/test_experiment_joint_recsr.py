@@ -208,3 +208,24 @@ def test_cg_lambda_is_chosen_by_psnr_on_the_split():
         np.testing.assert_allclose(scores[1.0], direct, rtol=1e-5)
     assert picks[0.0] > 0.0  # at 0 dB the unregularised solve amplifies the noise
     assert picks[None] < 1.0  # without noise strong regularisation only biases the image
+
+
+def test_cpu_long_size_lifts_the_bicubic_ceiling_above_the_papers_modl_row():
+    """Why cpu-long exists: no "+bicubic" row can beat bicubic of the exact (fully sampled) LR
+    image. On the cpu preset's data (64 px) that ceiling lies below the paper's MoDL+bicubic
+    (29.33 dB), so the row cannot reach the paper's regime; on cpu-long's (128 px, 12 coils, the
+    same noisy references) it lies above."""
+    from jaxmri.metrics import psnr
+
+    def ceiling(preset):
+        slices = load_slices(None, image_size=preset.image_size, split="val")
+        data = exp.simulate_split(slices, np.arange(0, 12, 4), mask_name="gauss1d", seed=1,
+                                  num_coils=preset.num_coils, snr_db=preset.snr_db)
+        up = exp._upsample(np.abs(data["target_lr"]).astype(np.float32))
+        return float(np.mean(np.asarray(psnr(up, np.abs(data["target"]).astype(np.float32)))))
+
+    paper_modl = exp.PAPER["gauss1d"]["MoDL+bicubic"][0]
+    long_preset = exp.PRESETS["cpu-long"]
+    assert (long_preset.image_size, long_preset.num_coils) == (128, 12)
+    assert long_preset.snr_db == exp.PRESETS["cpu"].snr_db
+    assert ceiling(exp.PRESETS["cpu"]) < paper_modl < ceiling(long_preset)
