@@ -147,10 +147,9 @@ PRESETS = {
         milestones=(1,), cg_iters=5,
     ),
     "cpu": Preset(
-        description="python -m experiments.joint_recsr: 14.9 to 22.3 minutes per seed "
-        "measured 2026-12-04"
-        " on the shared 2-core machine at load 5-8 (two other jobs); earlier idle runs of the"
-        " same size took 9 to 13 minutes (not re-measured idle); 64x64 HR slices (32x32 LR), "
+        description="python -m experiments.joint_recsr: 7.5 minutes on 2 CPU cores "
+        "(measured 2026-12-04 on a fresh clone at load about 1; 15 to 22 minutes per seed when "
+        "the cores are shared with two other jobs); 64x64 HR slices (32x32 LR), "
         "8 coils, noisy references (k-space SNR 12 dB, chosen from the non-method rows), 1-D "
         "Gaussian 2.5x + x2 SR (5x), 64 training slices, small networks (16 features, 2 RRDB-"
         "SFT blocks, DEQ <= 6 iterations, MoDL 3 iterations with CG data consistency); every "
