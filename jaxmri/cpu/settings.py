@@ -49,7 +49,7 @@ steps take no page faults. A single buffer larger than 32 MiB still gets a heap 
 XLA logs a harmless warning for each when it compiles a program (``heap_simulator.cc ... Alloc
 buffer size N larger than the per-heap size limit 33554432``; about 400 lines over the whole
 joint Rec+SR cpu run, none in the refinement run); ``TF_CPP_MIN_LOG_LEVEL=2`` hides XLA's
-warnings.
+warnings, and the experiment entry modules set it unless the user did (``experiments``).
 
 Both settings are for XLA:CPU, and the temporary-heap cap is read by XLA's buffer assignment
 on every backend, so :func:`configure` does nothing where JAX will run on an accelerator: when

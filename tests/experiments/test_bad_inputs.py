@@ -219,3 +219,25 @@ def test_handler_passes_other_errors_and_flattens_messages(capsys):
         raise UserInputError("first line\n  second line")
     assert info.value.code == 2
     assert capsys.readouterr().err == "error: first line second line\n"
+
+
+_LARGE_BUFFER_PROGRAM = """
+import os, sys
+import experiments  # noqa: F401  (what `python -m experiments.NAME` imports first)
+import jax, jax.numpy as jnp
+x = jnp.ones((3000, 3000))
+print(float(jax.jit(lambda a: (jnp.sin(a) @ jnp.cos(a)).sum())(x)))
+"""
+
+
+@pytest.mark.parametrize("user_level, warnings_shown", [(None, False), ("0", True)])
+def test_entry_modules_hide_xla_heap_warnings_unless_the_user_asks(user_level, warnings_shown):
+    """A 36 MB buffer under a 32 MiB heap cap makes XLA warn; the experiments hide that noise."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_multiheap_size_constraint_per_heap=33554432")
+    if user_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = user_level
+    proc = subprocess.run([sys.executable, "-c", _LARGE_BUFFER_PROGRAM], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert ("larger than the per-heap size limit" in proc.stderr) == warnings_shown, proc.stderr
