@@ -201,12 +201,9 @@ PRESETS["cpu-long"] = dataclasses.replace(
     "networks, steps (250 L1 warm-up + 100 eq. 12, 350 for reconstruction-only models), SNR "
     "12 dB and CG-SENSE lambda 1e-2 (best on the 128 px validation split as well). "
     "Non-method rows measured at this size (24 test slices): CG-SENSE+bicubic 27.37 / 0.842, "
-    "MoDL+bicubic 28.04 / 0.857 (paper 22.41 / 0.581 and 29.33 / 0.846). Wall 44.7 minutes "
-    "for seed 0 measured 2026-12-04 on the shared 2-core machine (nice 10, load 4-7 from "
-    "other jobs during the first half, about 10 of them simulating the data), peak RSS 10.4 "
-    "GB. Seed 0 (PSNR / SSIM / LPIPS): Proposed 20.92 / 0.804 / 0.132, Recon+SR 18.72 / 0.795"
-    " / 0.132, Recon-SR 23.13 / 0.817 / 0.134, Recon 26.49 / 0.829 / 0.186, SR 19.87 / 0.753 "
-    "/ 0.185, CG-SENSE+bicubic 27.37 / 0.842 / 0.158, MoDL+bicubic 28.03 / 0.857 / 0.152.",
+    "MoDL+bicubic 28.04 / 0.857 (paper 22.41 / 0.581 and 29.33 / 0.846). 22 minutes on 2 "
+    "CPU cores (seed 1 at load about 2, 2344 s user, measured 2026-12-04; 45 minutes when "
+    "shared with other jobs); peak RSS 10.5 GB, so it needs about 11 GiB of memory.",
     image_size=128, num_coils=12)
 
 
