@@ -222,7 +222,6 @@ def test_handler_passes_other_errors_and_flattens_messages(capsys):
 
 
 _LARGE_BUFFER_PROGRAM = """
-import os, sys
 import experiments  # noqa: F401  (what `python -m experiments.NAME` imports first)
 import jax, jax.numpy as jnp
 x = jnp.ones((3000, 3000))
