@@ -160,8 +160,8 @@ PRESETS = {
 }
 PRESETS["cpu-long"] = dataclasses.replace(
     PRESETS["cpu"],
-    description=("82 minutes wall on 2 CPU cores shared with other jobs (61 CPU-minutes, "
-                 "2026-12-04; not timed on idle cores): as cpu at 96 px, recon models 1000 "
+    description=("31 minutes wall on 2 idle cores (measured on a fresh clone, 2026-12-04; "
+                 "59 CPU-minutes, peak RSS 4.9 GB): as cpu at 96 px, recon models 1000 "
                  "steps, 400 steps per method, ablation included (--no-ablation skips it). "
                  "Recon model 1 reaches the paper's fastMRI-brain regime (37.5 dB / 0.976)."),
     image_size=96, recon_steps=1000, steps=400, ablation=True)
