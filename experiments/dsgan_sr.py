@@ -157,8 +157,8 @@ PRESETS = {
     ),
     "cpu": Preset(
         description=(
-            "python -m experiments.dsgan_sr: 5.5-6.7 minutes per seed on the shared 2-core "
-            "machine at load 7 (--seeds 0,1,2: 17:58 wall, 331-401 s per seed, 2026-12-04); "
+            "python -m experiments.dsgan_sr: 2.4 minutes wall on 2 idle cores (fresh clone, "
+            "242 CPU-s, 2026-12-04; 5.5-6.7 minutes per seed on the shared machine at load 7); "
             "96x96 HR / 48x48 scanner-LR slices (the paper's EDSR patch sizes; all 69 coronal "
             "training slices, 33 test); HR and LR are two noisy serial scans (Rician sigma 0.04 "
             "on HR, 0.04 / 3.02 on LR from the paper's Table 1, LR NLM-denoised), chosen so that "
