@@ -177,8 +177,8 @@ PRESETS = {
         recnet_features=8, pool_size=4, cs_lams=(0.01,), cs_iters=10, eval_batch=4,
         checkpoint_every=2),
     "cpu": Preset(
-        description="python -m experiments.refine: ~16 CPU-minutes, about 8 minutes wall on 2 "
-        "idle cores (measured per seed, 2026-12-04; 128 px, 8x, 8 "
+        description="python -m experiments.refine: 7.9 minutes wall on 2 idle cores "
+        "(fresh clone, 2026-12-04; 15 CPU-minutes, peak RSS 3.5 GB; 128 px, 8x, 8 "
         "central lines, real-valued images); Table 1 analog (PSNR, SSIM, LPIPS, Dice, SIS) of "
         "zero-filled, CS, RecNet, joint and refined, with Wilcoxon tests, claims and regime "
         "tables (measured values: docs/refine_regime.md).",
