@@ -1,8 +1,8 @@
 """Paper 003: adversarial and perceptual refinement of an MSE reconstruction, scored with the
 semantic interpretability score (Seitzer et al., MICCAI 2018).
 
-    python -m experiments.refine                  # cpu preset: 128 px, ~16 CPU-minutes
-                                                  # (28 min wall at load 5-8 on 2 shared cores)
+    python -m experiments.refine                  # cpu preset: 128 px, 8 min wall on 2 idle cores
+                                                  # (15 CPU-minutes; fresh clone, 2026-12-04)
     python -m experiments.refine --preset smoke   # ~1.5 CPU-minutes, for tests
     python -m experiments.refine --preset paper   # paper-sized networks, GPU-scale time
 
