@@ -160,12 +160,12 @@ PRESETS = {
 }
 PRESETS["cpu-long"] = dataclasses.replace(
     PRESETS["cpu"],
-    description=("31 minutes wall on 2 idle cores (measured on a fresh clone, 2026-12-04; "
-                 "59 CPU-minutes, peak RSS 4.9 GB): as cpu at 96 px, recon models 1000 "
-                 "steps, 400 steps per method, ablation included (--no-ablation skips it). "
-                 "Recon model 1 over seeds 0-2: 36.7-37.5 dB / 0.973-0.976 (paper brain "
-                 "40.2 / 0.958: within 3 dB in seed 0, 3.5 dB below in seeds 1 and 2)."),
-    image_size=96, recon_steps=1000, steps=400, ablation=True)
+    description=("42 minutes wall on 2 idle cores (seed 0, 2026-12-05): as cpu at 128 "
+                 "px, recon models 1000 steps, 400 steps per method; --ablation adds the "
+                 "three trainings of Fig. 3b (about 20 minutes more). Recon model 1: "
+                 "39.12 / 0.978 in seed 0 (paper brain 40.2 / 0.958; seeds 1 and 2 "
+                 "39.46 / 0.978 and 38.83 / 0.976, recon model 1 trained alone)."),
+    image_size=128, recon_steps=1000, steps=400, ablation=False)
 
 # The methods of Table 2, in the paper's order: (label, method, loss weights).
 METHOD_RUNS = (
@@ -518,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=None,
                         help="run (or, with --no-ablation, skip) the Lipschitz-constant and "
                              "network-size ablation of Fig. 3b: three more trainings "
-                             "(default: the preset's choice; off in the cpu preset)")
+                             "(default: the preset's choice; off in the cpu and cpu-long presets)")
     parser.add_argument("--recon-steps", type=int, default=None,
                         help="training steps of the reconstruction model (default: preset)")
     parser.add_argument("--final-dc", choices=FINAL_DC, default="coil",
