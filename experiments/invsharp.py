@@ -163,9 +163,9 @@ PRESETS["cpu-long"] = dataclasses.replace(
     description=("42 minutes wall on 2 idle cores (seed 0, 2026-12-05): as cpu at 128 "
                  "px, recon models 1000 steps, 400 steps per method; --ablation adds the "
                  "three trainings of Fig. 3b (about 20 minutes more). Recon model 1: "
-                 "39.12 / 0.978 in seed 0 (paper brain 40.2 / 0.958; seeds 1 and 2 "
-                 "39.46 / 0.978 and 38.83 / 0.976, recon model 1 trained alone)."),
-    image_size=128, recon_steps=1000, steps=400, ablation=False)
+                 "39.12 / 0.978 and 39.63 / 0.978 in seeds 0 and 1 (paper brain 40.2 / 0.958: "
+                 "in regime in both)."),
+    image_size=128, recon_steps=1000, steps=400)
 
 # The methods of Table 2, in the paper's order: (label, method, loss weights).
 METHOD_RUNS = (
