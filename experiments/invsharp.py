@@ -160,11 +160,11 @@ PRESETS = {
 }
 PRESETS["cpu-long"] = dataclasses.replace(
     PRESETS["cpu"],
-    description=("42 minutes wall on 2 idle cores (seed 0, 2026-12-05): as cpu at 128 "
-                 "px, recon models 1000 steps, 400 steps per method; --ablation adds the "
-                 "three trainings of Fig. 3b (about 20 minutes more). Recon model 1: "
-                 "39.12 / 0.978 and 39.63 / 0.978 in seeds 0 and 1 (paper brain 40.2 / 0.958: "
-                 "in regime in both)."),
+    description=("42-43 minutes wall on 2 idle cores (seeds 0-2, 2026-12-05; 42:43 on a "
+                 "fresh clone): as cpu at 128 px, recon models 1000 steps, 400 steps per "
+                 "method; --ablation adds the three trainings of Fig. 3b (about 20 minutes "
+                 "more). Recon model 1: 39.12 / 0.978, 39.63 / 0.978 and 38.75 / 0.975 in "
+                 "seeds 0, 1 and 2 (paper brain 40.2 / 0.958: in regime in all three)."),
     image_size=128, recon_steps=1000, steps=400)
 
 # The methods of Table 2, in the paper's order: (label, method, loss weights).
