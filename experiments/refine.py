@@ -3,6 +3,7 @@ semantic interpretability score (Seitzer et al., MICCAI 2018).
 
     python -m experiments.refine                  # cpu preset: 128 px, 8 min wall on 2 idle cores
                                                   # (15 CPU-minutes; fresh clone, 2026-12-04)
+    python -m experiments.refine --preset cpu-long  # as cpu, RecNet 10,000 steps: ~50 min
     python -m experiments.refine --preset smoke   # ~1.5 CPU-minutes, for tests
     python -m experiments.refine --preset paper   # paper-sized networks, GPU-scale time
 

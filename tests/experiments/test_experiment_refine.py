@@ -1,6 +1,7 @@
 """End to end: the smoke preset of ``python -m experiments.refine`` writes its tables and
 figures with finite numbers, and a second run resumes every stage instead of retraining."""
 
+import dataclasses
 import json
 import math
 
@@ -67,6 +68,41 @@ def test_recnet_adam_uses_the_papers_beta1():
         v = b2 * v + (1 - b2) * g**2
         expected = -lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
         np.testing.assert_allclose(np.asarray(updates), expected, rtol=1e-5)
+
+
+def test_recnet_cosine_decay_is_adam_with_a_cosine_learning_rate():
+    """``decay_steps``: Adam (beta1 0.5) whose step t (from 0) uses
+    lr * (0.01 + 0.99 * (1 + cos(pi * min(t, T) / T)) / 2), written out by hand; after T steps
+    the rate stays at 1 % of lr."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    lr, decay, b1, b2, eps = 2e-3, 4, 0.5, 0.999, 1e-8
+    rng = np.random.default_rng(0)
+    opt = refine.recnet_optimizer(lr, decay)
+    params = jnp.zeros(3)
+    state = opt.init(params)
+    m = v = np.zeros(3)
+    for t in range(decay + 2):
+        g = rng.normal(size=3)
+        updates, state = opt.update(jnp.asarray(g, jnp.float32), state, params)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        rate = lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * min(t, decay) / decay)))
+        expected = -rate * (m / (1 - b1 ** (t + 1))) / (np.sqrt(v / (1 - b2 ** (t + 1))) + eps)
+        np.testing.assert_allclose(np.asarray(updates), expected, rtol=1e-5)
+
+
+def test_cpu_long_changes_only_recnets_training():
+    """cpu-long lengthens the baseline RecNet's training (the regime row) and nothing of the
+    method: the refinement, the joint baseline, the segmenter and the data are cpu's."""
+    cpu, long = refine.PRESETS["cpu"], refine.PRESETS["cpu-long"]
+    changed = {f.name for f in dataclasses.fields(cpu)
+               if getattr(cpu, f.name) != getattr(long, f.name)}
+    assert changed == {"description", "recnet_steps", "recnet_lr", "recnet_lr_decay",
+                       "checkpoint_every"}
+    assert long.recnet_lr_decay and not cpu.recnet_lr_decay
+    assert long.recnet_steps > 30 * cpu.recnet_steps
 
 
 def test_lpips_rows_see_outputs_clipped_to_its_range():
