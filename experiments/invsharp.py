@@ -77,7 +77,13 @@ from jaxmri.train import (
 )
 from jaxmri.predict import predict_command
 from jaxmri.train.claims import Claim, RegimeRow, report_claims
-from jaxmri.train.cli import check_batch_size, exit_on_user_error, experiment_parser, run_experiment
+from jaxmri.train.cli import (
+    check_batch_size,
+    exit_on_user_error,
+    experiment_parser,
+    positive_int,
+    run_experiment,
+)
 from jaxmri.train.figures import save_line_profile, save_loss_curves, save_panel
 
 
@@ -519,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="run (or, with --no-ablation, skip) the Lipschitz-constant and "
                              "network-size ablation of Fig. 3b: three more trainings "
                              "(default: the preset's choice; off in the cpu and cpu-long presets)")
-    parser.add_argument("--recon-steps", type=int, default=None,
+    parser.add_argument("--recon-steps", type=positive_int, default=None, metavar="N",
                         help="training steps of the reconstruction model (default: preset)")
     parser.add_argument("--final-dc", choices=FINAL_DC, default="coil",
                         help="the data consistency applied to every row of the tables, "

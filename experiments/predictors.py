@@ -222,7 +222,7 @@ def build_refine(preset, flags, workdir: Path) -> Method:
     from experiments import refine
 
     size, seed = preset.image_size, int(flags.seed)
-    preset = refine._override(preset, flags.steps, flags.batch_size)
+    preset = refine.preset_from_flags(preset, flags)
     prog = refine.programs(preset, seed)
     recnet_template = _template(prog.recnet, _c64(1, size, size), _c64(1, 1, size, size),
                                 _f32(1, 1, size, size), _c64(1, 1, size, size))

@@ -7,7 +7,10 @@ semantic interpretability score (Seitzer et al., MICCAI 2018).
     python -m experiments.refine --preset smoke   # ~1.5 CPU-minutes, for tests
     python -m experiments.refine --preset paper   # paper-sized networks, GPU-scale time
 
-``--steps N`` / ``--batch-size N`` override the steps / batch size of every training stage.
+``--steps N`` / ``--batch-size N`` override the steps / batch size of every training stage;
+``--refine-steps N`` / ``--joint-steps N`` set the refinement's / joint baseline's alone (they
+win over ``--steps``). Steps count from the stage's start, so on a workdir whose stage is
+trained for fewer steps the stage continues from its checkpoint.
 
 The cpu preset follows the authors' simulation (docs/refine_regime.md has the measurements and
 the exploration log): 128 px real-valued images, 1-D Gaussian masks at 8x keeping the 8 central
@@ -121,6 +124,7 @@ from jaxmri.train.cli import (
     exit_on_user_error,
     experiment_parser,
     override_preset,
+    positive_int,
     run_experiment,
 )
 from jaxmri.train.report import markdown_grid, write_table
@@ -479,11 +483,18 @@ def evaluate(recons: dict[str, np.ndarray], test_acq, segment, seg_vars, *, eval
 # Entry point
 
 
-def _override(preset: Preset, steps: int | None, batch: int | None) -> Preset:
-    """``--steps`` / ``--batch-size`` set every training stage's (``None``: the preset's)."""
-    return override_preset(preset, seg_steps=steps, recnet_steps=steps, refine_steps=steps,
-                           joint_steps=steps, seg_batch=batch, recnet_batch=batch,
-                           refine_batch=batch, joint_batch=batch)
+def preset_from_flags(preset: Preset, args) -> Preset:
+    """``preset`` with the flags' overrides: ``--steps`` / ``--batch-size`` set every training
+    stage's, then ``--refine-steps`` / ``--joint-steps`` set those two stages' alone (a flag
+    left unset, ``None``, keeps the value before it). ``args``: the parsed command line or the
+    flags recorded in ``run.json``."""
+    steps, batch = args.steps, args.batch_size
+    preset = override_preset(preset, seg_steps=steps, recnet_steps=steps, refine_steps=steps,
+                             joint_steps=steps, seg_batch=batch, recnet_batch=batch,
+                             refine_batch=batch, joint_batch=batch)
+    # getattr: the flags recorded in run.json by runs from before these two flags existed.
+    return override_preset(preset, refine_steps=getattr(args, "refine_steps", None),
+                           joint_steps=getattr(args, "joint_steps", None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,17 +536,28 @@ def regime_rows(joint_name: str) -> list[RegimeRow]:
     ]
 
 
+def build_parser():
+    """The command line: the common experiment flags plus the per-stage step counts."""
+    parser = experiment_parser(__doc__, presets=PRESETS, name="refine", predict=True)
+    parser.add_argument("--refine-steps", type=positive_int, default=None, metavar="N",
+                        help="training steps of the gated refinement alone (default: --steps, "
+                             "else the preset's; the paper trains about 50,000)")
+    parser.add_argument("--joint-steps", type=positive_int, default=None, metavar="N",
+                        help="training steps of the joint MSE+adversarial+VGG baseline alone "
+                             "(default: --steps, else the preset's)")
+    return parser
+
+
 @exit_on_user_error()
 def main(argv: list[str] | None = None) -> dict:
-    parser = experiment_parser(__doc__, presets=PRESETS, name="refine", predict=True)
-    return run_experiment(main, parser, argv, train=run,
+    return run_experiment(main, build_parser(), argv, train=run,
                           predict=functools.partial(predict_command, build=build_refine))
 
 
 def run(args, setup) -> dict:
     """The preset with the flags' overrides, then every stage (``main`` without the command
     line)."""
-    preset = dataclasses.replace(_override(setup.preset, args.steps, args.batch_size),
+    preset = dataclasses.replace(preset_from_flags(setup.preset, args),
                                  conv_general_dilated=args.conv_general_dilated)
     workdir, seed = setup.workdir, args.seed
     print(f"[refine] preset {setup.preset_name}, workdir {workdir}, {jax.device_count()} "

@@ -39,8 +39,8 @@ from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["ExperimentSetup", "SplitPreset", "experiment_parser", "setup_from_args",
            "preset_summary", "override_preset", "exit_on_training_stop", "exit_on_user_error",
-           "check_batch_size", "argv_for_seed", "repeat_over_seeds", "add_predict_flags",
-           "run_experiment"]
+           "check_batch_size", "positive_int", "argv_for_seed", "repeat_over_seeds",
+           "add_predict_flags", "run_experiment"]
 
 # Workdirs that setup_from_args created in this process (the top-most folder it made), so that
 # exit_on_user_error can take them away again when the input turns out to be unusable.
@@ -179,7 +179,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return out
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse ``type``: the int of ``text`` if it is one and ``> 0``, else a one-line error."""
     try:
         value = int(text)
     except ValueError:
@@ -284,14 +285,14 @@ def experiment_parser(
     parser.add_argument(
         "--steps",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="number of training steps, overriding the preset's",
     )
     parser.add_argument(
         "--batch-size",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="global batch size summed over all devices and processes (must be divisible by "
         "the number of devices), overriding the preset's",
@@ -330,7 +331,7 @@ def experiment_parser(
     parser.add_argument(
         "--num-processes",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="multi-process run: total number of processes (default: 1)",
     )

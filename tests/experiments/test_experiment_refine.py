@@ -105,6 +105,41 @@ def test_cpu_long_changes_only_recnets_training():
     assert long.recnet_steps > 30 * cpu.recnet_steps
 
 
+@pytest.mark.parametrize("argv, expected", [
+    ([], {}),
+    (["--steps", "7"], {"seg_steps": 7, "recnet_steps": 7, "refine_steps": 7, "joint_steps": 7}),
+    (["--refine-steps", "600"], {"refine_steps": 600}),
+    (["--steps", "7", "--refine-steps", "600", "--joint-steps", "450"],
+     {"seg_steps": 7, "recnet_steps": 7, "refine_steps": 600, "joint_steps": 450}),
+    (["--batch-size", "2", "--joint-steps", "9"],
+     {"seg_batch": 2, "recnet_batch": 2, "refine_batch": 2, "joint_batch": 2, "joint_steps": 9}),
+])
+def test_per_stage_step_flags_set_only_their_stage_and_win_over_steps(argv, expected):
+    base = refine.PRESETS["cpu-long"]
+    args = refine.build_parser().parse_args(["--preset", "cpu-long", *argv])
+    preset = refine.preset_from_flags(base, args)
+    changed = {f.name: getattr(preset, f.name) for f in dataclasses.fields(base)
+               if getattr(preset, f.name) != getattr(base, f.name)}
+    assert changed == expected
+
+
+def test_flags_recorded_before_the_per_stage_step_flags_still_build_the_preset():
+    import argparse
+
+    old_run_json_flags = argparse.Namespace(steps=None, batch_size=3)
+    preset = refine.preset_from_flags(refine.PRESETS["cpu"], old_run_json_flags)
+    assert preset == dataclasses.replace(refine.PRESETS["cpu"], seg_batch=3, recnet_batch=3,
+                                         refine_batch=3, joint_batch=3)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "many"])
+def test_per_stage_step_flags_refuse_what_is_not_a_positive_integer(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        refine.main(["--refine-steps", value])
+    assert exit_info.value.code == 2
+    assert "--refine-steps" in capsys.readouterr().err
+
+
 def test_lpips_rows_see_outputs_clipped_to_its_range():
     """A reconstruction that overshoots 1 gets the LPIPS of its [0, 1] clip, like every row."""
     import numpy as np
