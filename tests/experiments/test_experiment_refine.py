@@ -93,16 +93,18 @@ def test_recnet_cosine_decay_is_adam_with_a_cosine_learning_rate():
         np.testing.assert_allclose(np.asarray(updates), expected, rtol=1e-5)
 
 
-def test_cpu_long_changes_only_recnets_training():
-    """cpu-long lengthens the baseline RecNet's training (the regime row) and nothing of the
-    method: the refinement, the joint baseline, the segmenter and the data are cpu's."""
+def test_cpu_long_changes_only_training_lengths():
+    """cpu-long lengthens RecNet's training (the regime row) and gives the two adversarial
+    stages one longer length; networks, losses, segmenter and data are cpu's."""
     cpu, long = refine.PRESETS["cpu"], refine.PRESETS["cpu-long"]
     changed = {f.name for f in dataclasses.fields(cpu)
                if getattr(cpu, f.name) != getattr(long, f.name)}
     assert changed == {"description", "recnet_steps", "recnet_lr", "recnet_lr_decay",
-                       "checkpoint_every"}
+                       "refine_steps", "joint_steps", "checkpoint_every"}
     assert long.recnet_lr_decay and not cpu.recnet_lr_decay
     assert long.recnet_steps > 30 * cpu.recnet_steps
+    # The proposed refinement and the adversarial baseline it is compared with train equally.
+    assert long.refine_steps == long.joint_steps > cpu.refine_steps
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -115,8 +117,8 @@ def test_cpu_long_changes_only_recnets_training():
      {"seg_batch": 2, "recnet_batch": 2, "refine_batch": 2, "joint_batch": 2, "joint_steps": 9}),
 ])
 def test_per_stage_step_flags_set_only_their_stage_and_win_over_steps(argv, expected):
-    base = refine.PRESETS["cpu-long"]
-    args = refine.build_parser().parse_args(["--preset", "cpu-long", *argv])
+    base = refine.PRESETS["cpu"]
+    args = refine.build_parser().parse_args(argv)
     preset = refine.preset_from_flags(base, args)
     changed = {f.name: getattr(preset, f.name) for f in dataclasses.fields(base)
                if getattr(preset, f.name) != getattr(base, f.name)}
