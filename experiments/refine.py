@@ -4,7 +4,7 @@ semantic interpretability score (Seitzer et al., MICCAI 2018).
     python -m experiments.refine                  # cpu preset: 128 px, 8 min wall on 2 idle cores
                                                   # (15 CPU-minutes; fresh clone, 2026-12-04)
     python -m experiments.refine --preset cpu-long  # RecNet 10,000 steps, refinement and
-                                                    # joint baseline 600 each: 58 min
+                                                    # joint baseline 600 each: 57 min
     python -m experiments.refine --preset smoke   # ~1.5 CPU-minutes, for tests
     python -m experiments.refine --preset paper   # paper-sized networks, GPU-scale time
 
@@ -34,9 +34,10 @@ Claims (seed 0; docs/refine_regime.md): PSNR below RecNet reproduced (-1.08 dB; 
 (-0.018 and -0.021, p < 1e-6), PSNR above the joint baseline contradicted (-1.11 dB), LPIPS
 below RecNet inconclusive (p 0.25). Regime: RecNet 27.17 dB (paper 32.46, -5.3 dB), CS 21.05
 (DLMRI 31.45), joint 27.19 (DAGAN 28.41, in range because it starts from RecNet). Over seeds
-0-2 the SIS gain over RecNet is contradicted 3/3. ``--preset cpu-long`` (48 min wall on 2 idle
-cores) brings RecNet to 29.07-29.46 dB (seeds 0-2, the edge of the regime): PSNR cost -0.45
-to -0.68 dB (paper -0.57) 3/3, SIS gain over RecNet still contradicted 3/3.
+0-2 the SIS gain over RecNet is contradicted 3/3. ``--preset cpu-long`` (57 min wall on 2 idle
+cores) brings RecNet to 29.07-29.46 dB (seeds 0-2, the edge of the regime) and trains the
+refinement and the joint baseline 600 steps each: LPIPS below RecNet reproduced 3/3, PSNR cost
+-0.39 to -0.76 dB (paper -0.57) 3/3, SIS gain over RecNet not reproduced (contradicted 2/3).
 
 The old 48 px preset (2 central lines, random phase) had zero-filling at 12.3 dB and RecNet at
 15.1 dB: with 6 kept lines, 2 of them central, the low frequencies were mostly missing.
@@ -212,7 +213,7 @@ PRESETS["cpu-long"] = dataclasses.replace(
     description=("python -m experiments.refine --preset cpu-long: as cpu, with RecNet trained "
                  "for 10,000 steps (cpu: 300) under a cosine-decayed learning rate from 2e-3, "
                  "and the refinement and the joint baseline for 600 adversarial steps each "
-                 "(cpu: 150). About 58 minutes wall on 2 idle cores (2026-12-05); RecNet "
+                 "(cpu: 150). 57 minutes wall on 2 idle cores (fresh clone, 2026-12-05); RecNet "
                  "29.07-29.46 dB over seeds 0-2, 3.0-3.4 dB below the paper's 32.46 (measured "
                  "values: docs/refine_regime.md)."),
     # RecNet's steps bring the regime row to the edge of the paper's; the two adversarial
