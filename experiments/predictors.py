@@ -104,7 +104,7 @@ def build_invsharp(preset, flags, workdir: Path) -> Method:
                                 center_fraction=preset.center_fraction,
                                 acceleration=preset.acceleration)
     # The experiment's tables apply one final DC to every row (``--final-dc``); so does predict.
-    final_dc = image_dc if getattr(flags, "final_dc", "coil") == "coil" else projection_dc
+    final_dc = image_dc if flags.final_dc == "coil" else projection_dc
 
     def apply(variables, b):
         blurry = recon.apply(variables["recon"], b["recon_input"], b["kspace"],

@@ -499,9 +499,7 @@ def preset_from_flags(preset: Preset, args) -> Preset:
     preset = override_preset(preset, seg_steps=steps, recnet_steps=steps, refine_steps=steps,
                              joint_steps=steps, seg_batch=batch, recnet_batch=batch,
                              refine_batch=batch, joint_batch=batch)
-    # getattr: the flags recorded in run.json by runs from before these two flags existed.
-    return override_preset(preset, refine_steps=getattr(args, "refine_steps", None),
-                           joint_steps=getattr(args, "joint_steps", None))
+    return override_preset(preset, refine_steps=args.refine_steps, joint_steps=args.joint_steps)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -573,7 +573,9 @@ def predict_command(args: argparse.Namespace,
     """``--predict``: rebuild the method trained in ``args.workdir`` and run it on a path.
 
     ``build(preset, flags, workdir) -> Method`` restores the experiment's trained models;
-    ``flags`` is the training run's flags (from ``run.json``) as a namespace. Prints the files
+    ``flags`` is the training run's flags (from ``run.json``, over the defaults in
+    ``args._flag_defaults`` that :func:`jaxmri.train.cli.run_experiment` sets, so that a flag
+    added after the run was trained has its default) as a namespace. Prints the files
     written, the time per slice and the metrics table (also ``<out>/metrics.md`` and
     ``metrics.json``). Bad input (a RUN without a trained model, a file the model cannot take)
     raises :class:`jaxmri.errors.UserInputError`, which the experiments' ``main`` (wrapped in
@@ -587,8 +589,11 @@ def predict_command(args: argparse.Namespace,
     if record["preset"] not in presets:
         raise UserInputError(f"{workdir}/run.json names preset {record['preset']!r}, which "
                          f"experiments.{args.experiment} no longer has ({sorted(presets)})")
-    flags = argparse.Namespace(**record["flags"], preset=record["preset"],
-                               experiment=record["experiment"])
+    # The recorded flags over today's defaults: a flag added after the run was trained gets the
+    # default, which is what that run used.
+    flags = argparse.Namespace(**{**getattr(args, "_flag_defaults", {}), **record["flags"],
+                                  "preset": record["preset"],
+                                  "experiment": record["experiment"]})
     print(f"[predict] {args.experiment}, preset {record['preset']} (from {workdir}/run.json)")
     method = build(presets[record["preset"]], flags, workdir)
     out = args.out if args.out is not None else workdir / "predictions"

@@ -526,7 +526,8 @@ def run_experiment(main: Callable[[list[str]], object], parser: argparse.Argumen
        :func:`experiment_parser` (with ``predict=True`` when ``predict`` is given).
     2. ``--predict PATH``: returns ``predict(args)`` (a trained model applied to files, e.g.
        :func:`jaxmri.predict.predict_command` with the experiment's builder); nothing is
-       trained and no workdir is created.
+       trained and no workdir is created. ``args._flag_defaults`` holds every flag's default
+       (the parser on an empty command line).
     3. ``--seeds``: returns :func:`repeat_over_seeds` of ``main`` (which calls ``main`` again
        once per seed, each time without ``--seeds``).
     4. Otherwise :func:`setup_from_args` (CPU settings, multi-process join, workdir,
@@ -538,6 +539,9 @@ def run_experiment(main: Callable[[list[str]], object], parser: argparse.Argumen
     """
     args = parser.parse_args(argv)
     if predict is not None and getattr(args, "predict", None) is not None:
+        # What each flag is when not given: a run.json written before a flag existed lacks it,
+        # and the model it trained was built with that default.
+        args._flag_defaults = vars(parser.parse_args([]))
         return predict(args)
     if args.seeds is not None:
         return repeat_over_seeds(main, argv, args)

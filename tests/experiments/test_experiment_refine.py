@@ -8,6 +8,8 @@ import math
 import pytest
 
 from experiments import refine
+from jaxmri.predict import predict_command
+from jaxmri.train.cli import run_experiment
 from _claims_helpers import assert_claims_recompute
 
 STAGES = ("segmenter", "recnet", "refine", "joint")
@@ -125,13 +127,32 @@ def test_per_stage_step_flags_set_only_their_stage_and_win_over_steps(argv, expe
     assert changed == expected
 
 
-def test_flags_recorded_before_the_per_stage_step_flags_still_build_the_preset():
-    import argparse
+def test_predict_gives_a_run_from_before_the_per_stage_flags_their_defaults(tmp_path):
+    """A run.json written before --refine-steps/--joint-steps existed: --predict rebuilds the
+    preset with those flags at their defaults (the shared run_experiment/predict_command path,
+    with the builder replaced by one that records what it is given)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({
+        "experiment": "refine", "preset": "cpu",
+        "flags": {"steps": None, "batch_size": 3, "seed": 1, "data": None}}))
+    built = {}
 
-    old_run_json_flags = argparse.Namespace(steps=None, batch_size=3)
-    preset = refine.preset_from_flags(refine.PRESETS["cpu"], old_run_json_flags)
-    assert preset == dataclasses.replace(refine.PRESETS["cpu"], seg_batch=3, recnet_batch=3,
-                                         refine_batch=3, joint_batch=3)
+    class Built(Exception):
+        pass
+
+    def build(preset, flags, workdir):
+        built["preset"] = refine.preset_from_flags(preset, flags)
+        built["seed"] = flags.seed
+        raise Built
+
+    with pytest.raises(Built):
+        run_experiment(refine.main, refine.build_parser(),
+                       ["--workdir", str(run), "--predict", str(tmp_path / "scan.nii.gz")],
+                       train=None, predict=lambda args: predict_command(args, build=build))
+    assert built["seed"] == 1
+    assert built["preset"] == dataclasses.replace(refine.PRESETS["cpu"], seg_batch=3,
+                                                  recnet_batch=3, refine_batch=3, joint_batch=3)
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "many"])
