@@ -18,7 +18,8 @@ deterministic given its ``rng``.
 
 Imported from their submodules (used by one or two papers):
 
-* :mod:`~jaxmri.physics.cs`: Haar wavelets and L1-wavelet FISTA compressed sensing (paper 003).
+* :mod:`~jaxmri.physics.cs`: Haar wavelets, L1-wavelet FISTA and total-variation (primal-dual)
+  compressed sensing (paper 003).
 * :mod:`~jaxmri.physics.lowres`: kernel downsampling, k-space low-resolution and the simulated
   "scanner" low-resolution acquisition (paper 001).
 """

@@ -5,6 +5,8 @@ import dataclasses
 import json
 import math
 
+import matplotlib.image
+
 import pytest
 
 from experiments import refine
@@ -22,7 +24,7 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch):
     out = refine.main(["--preset", "smoke", "--workdir", str(workdir)])
 
     table = json.loads((workdir / "table1.json").read_text())
-    methods = ["Zero-filled", "CS L1-wavelet", "RecNet", "Joint MSE+adv+VGG (from RecNet)",
+    methods = ["Zero-filled", "CS TV", "RecNet", "Joint MSE+adv+VGG (from RecNet)",
                "Proposed (refined)"]
     for method in methods:
         for metric in ("PSNR", "SSIM", "LPIPS", "Dice", "SIS"):
@@ -37,6 +39,8 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch):
     assert all(0.0 <= p <= 1.0 for row in pvalues.values() for p in row.values())
     for name in ("table1.md", "wilcoxon.md", "fig2_segmentation.png", "fig2_panel.png"):
         assert (workdir / name).stat().st_size > 0
+    # The panel keeps all four rows (images, errors, zoom, k-space) of 300 px each.
+    assert matplotlib.image.imread(workdir / "fig2_panel.png").shape[0] == 4 * 300
     assert out["summary"] == table
 
     logs = {stage: (workdir / stage / "metrics.jsonl").read_text() for stage in STAGES}
@@ -190,7 +194,7 @@ def test_paper_claims_and_regime_rows():
     claims = refine.paper_claims("Joint")
     assert [(c.metric, c.baseline, c.direction) for c in claims] == [
         ("SIS", "RecNet", "higher"), ("PSNR", "RecNet", "lower"), ("SIS", "Joint", "higher"),
-        ("PSNR", "Joint", "higher"), ("SIS", "CS L1-wavelet", "higher"),
+        ("PSNR", "Joint", "higher"), ("SIS", "CS TV", "higher"),
         ("LPIPS", "RecNet", "lower")]
     rows = refine.regime_rows("Joint")
     assert (rows[0].row, rows[0].paper_psnr, rows[0].paper_ssim) == ("RecNet", 32.46, None)
