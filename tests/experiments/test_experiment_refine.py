@@ -195,7 +195,7 @@ def test_paper_claims_and_regime_rows():
     assert [(c.metric, c.baseline, c.direction) for c in claims] == [
         ("SIS", "RecNet", "higher"), ("PSNR", "RecNet", "lower"), ("SIS", "Joint", "higher"),
         ("PSNR", "Joint", "higher"), ("SIS", "CS TV", "higher"),
-        ("LPIPS", "RecNet", "lower")]
+        ("LPIPS", "RecNet", "lower"), ("SIS CSF", "RecNet", "higher")]
     rows = refine.regime_rows("Joint")
     assert (rows[0].row, rows[0].paper_psnr, rows[0].paper_ssim) == ("RecNet", 32.46, None)
 
@@ -231,3 +231,33 @@ def test_cpu_preset_acquisition_follows_the_authors_simulation():
     centre = slice(size // 2 - 4, size // 2 + 4)
     assert np.all(columns[:, centre] == 1)
     assert not np.array_equal(columns[0], columns[1])  # a fresh mask per slice
+
+
+def test_per_class_sis_scores_each_tissue_alone():
+    """A segmenter that loses every CSF pixel on one reconstruction: that row's CSF Dice and
+    SIS are 0 on exactly the slices holding CSF, its grey- and white-matter SIS stay 1, and its
+    foreground SIS is the mean over the classes present."""
+    import numpy as np
+
+    from jaxmri.data import load_slices
+
+    slices = load_slices(None, image_size=32, split="val")
+    labels = slices["labels"][:4].astype(np.int32)
+    target = slices["image"][:4]
+    test_acq = {"target": target.astype(np.complex64), "labels": labels}
+
+    def segment(_variables, image):  # perfect, except that dim images lose their CSF
+        return np.where((np.max(image) < 0.6) & (labels == 1), 0, labels)
+
+    per_slice, _ = refine.evaluate({"dim": 0.5 * target, "same": target}, test_acq, segment,
+                                   None, eval_batch=4)
+    holds = {k: np.any(labels == k, axis=(-2, -1)) for k in (1, 2, 3)}
+    assert holds[1].sum() >= 2
+    np.testing.assert_array_equal(per_slice["dim"]["Dice CSF"], np.zeros(holds[1].sum()))
+    np.testing.assert_array_equal(per_slice["dim"]["SIS CSF"], np.zeros(holds[1].sum()))
+    for tissue, k in (("GM", 2), ("WM", 3)):
+        np.testing.assert_allclose(per_slice["dim"][f"SIS {tissue}"], np.ones(holds[k].sum()))
+    np.testing.assert_allclose(per_slice["same"]["SIS CSF"], 1.0)
+    present = np.stack([holds[k] for k in (1, 2, 3)], -1)
+    want = np.sum(present[:, 1:], -1) / np.sum(present, -1)  # CSF scores 0, the others 1
+    np.testing.assert_allclose(per_slice["dim"]["SIS"], want[present.any(-1)], rtol=1e-6)
