@@ -71,6 +71,20 @@ def check_broadcastable(a, b, name_a: str, name_b: str) -> tuple[int, ...]:
         ) from None
 
 
+def check_broadcasts_to(x, target_shape: Sequence[int], name: str, *, what: str = "",
+                        hint: str = "") -> None:
+    """Raise ``ValueError`` unless ``x`` broadcasts to ``target_shape`` without enlarging it
+    (a mask onto its k-space). ``what`` names the target, ``hint`` ends the message."""
+    target = tuple(int(d) for d in target_shape)
+    try:
+        out = tuple(np.broadcast_shapes(_shape(x), target))
+    except ValueError:
+        out = None
+    if out != target:
+        raise ValueError(f"{name} with shape {_shape(x)} must broadcast to the {what}shape "
+                         f"{target}" + (f" ({hint})" if hint else ""))
+
+
 def check_finite(x, name: str) -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or infinite values (host-side: reads values)."""
     arr = np.asarray(x)

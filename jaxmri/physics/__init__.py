@@ -20,6 +20,8 @@ Imported from their submodules (used by one or two papers):
 
 * :mod:`~jaxmri.physics.cs`: Haar wavelets, L1-wavelet FISTA and total-variation (primal-dual)
   compressed sensing (paper 003).
+* :mod:`~jaxmri.physics.dlmri`: DLMRI, CS with a dictionary learned by K-SVD from the image
+  being reconstructed, with its patch, OMP and K-SVD parts (paper 003's baseline).
 * :mod:`~jaxmri.physics.lowres`: kernel downsampling, k-space low-resolution and the simulated
   "scanner" low-resolution acquisition (paper 001).
 """

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxmri._checks import check_complex, check_ndim, check_positive
+from jaxmri._checks import check_broadcasts_to, check_complex, check_ndim, check_positive
 from jaxmri.physics.sense import sense_adjoint, sense_forward
 
 __all__ = ["haar2d", "ihaar2d", "haar_detail_mask", "l1_wavelet_objective",
@@ -137,14 +137,8 @@ def _check_problem(kspace, mask, maps) -> None:
     check_ndim(kspace, "kspace", min_ndim=3)
     check_complex(maps, "maps")
     check_ndim(maps, "maps", min_ndim=3)
-    try:
-        shape = np.broadcast_shapes(np.shape(mask), np.shape(kspace))
-    except ValueError:
-        shape = None
-    if shape != tuple(np.shape(kspace)):
-        raise ValueError(f"mask with shape {np.shape(mask)} must broadcast to the kspace shape "
-                         f"{np.shape(kspace)} without enlarging it (per-slice masks (N, H, W) "
-                         f"need mask[:, None])")
+    check_broadcasts_to(mask, np.shape(kspace), "mask", what="kspace ",
+                        hint="per-slice masks (N, H, W) need mask[:, None]")
 
 
 def l1_wavelet_objective(image: jax.Array, kspace: jax.Array, mask: jax.Array,

@@ -31,6 +31,7 @@ from jax import lax
 
 from jaxmri._checks import (
     check_broadcastable,
+    check_broadcasts_to,
     check_complex,
     check_ndim,
     check_positive,
@@ -74,16 +75,7 @@ def _check_image_axes(x, name: str, maps) -> None:
 
 def _check_mask(mask, target_shape: tuple[int, ...]) -> None:
     check_real(mask, "mask")
-    shape = tuple(np.shape(mask))
-    try:
-        out = np.broadcast_shapes(shape, target_shape)
-    except ValueError:
-        out = None
-    if out != tuple(target_shape):
-        raise ValueError(
-            f"mask with shape {shape} must broadcast to the multi-coil k-space shape "
-            f"{tuple(target_shape)}"
-        )
+    check_broadcasts_to(mask, target_shape, "mask", what="multi-coil k-space ")
 
 
 def _apply_mask(kspace: jax.Array, mask) -> jax.Array:

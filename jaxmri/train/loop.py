@@ -84,6 +84,7 @@ __all__ = [
     "unreplicate",
     "shard_batch",
     "fit",
+    "show_progress",
 ]
 
 AXIS_NAME = "batch"
@@ -456,7 +457,9 @@ def _sigint_as_flag() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _show_progress() -> bool:
+def show_progress() -> bool:
+    """Whether a progress bar should show: on process 0, with stderr a terminal, unless
+    ``JAXMRI_NO_PROGRESS=1``."""
     if os.environ.get("JAXMRI_NO_PROGRESS") == "1" or jax.process_index() != 0:
         return False
     return sys.stderr.isatty()
@@ -665,7 +668,7 @@ def _train(
     rstate = replicate(state)
     current = start
     bar = tqdm(
-        total=num_steps, initial=start, desc=desc, unit="step", disable=not _show_progress()
+        total=num_steps, initial=start, desc=desc, unit="step", disable=not show_progress()
     )
 
     def save(step, replicated):

@@ -261,3 +261,43 @@ def test_per_class_sis_scores_each_tissue_alone():
     present = np.stack([holds[k] for k in (1, 2, 3)], -1)
     want = np.sum(present[:, 1:], -1) / np.sum(present, -1)  # CSF scores 0, the others 1
     np.testing.assert_allclose(per_slice["dim"]["SIS"], want[present.any(-1)], rtol=1e-6)
+
+
+def test_cs_row_is_tv_or_dlmri_as_the_preset_says():
+    """The cpu presets' CS row is TV with the validation's weight; the paper preset's is DLMRI,
+    the paper's baseline, run slice by slice with its own key."""
+    import jax
+    import numpy as np
+
+    from jaxmri.data import load_slices
+    from jaxmri.physics.cs import tv_primal_dual
+    from jaxmri.physics.dlmri import dlmri
+
+    assert refine.PRESETS["cpu"].cs_method == "tv"
+    assert refine.PRESETS["cpu-long"].cs_method == "tv"
+    assert (refine.PRESETS["paper"].cs_method, refine.PRESETS["paper"].cs_iters) == ("dlmri", 20)
+
+    preset = dataclasses.replace(refine.PRESETS["smoke"], cs_iters=2)
+    slices = load_slices(None, image_size=32, split="val")
+    acq = refine._acquire(slices, np.arange(2), preset=preset, seed=0)
+    rec, choice = refine.cs_reconstruct(preset, acq, acq, seed=3)
+    assert choice == {"method": "tv", "lambda": preset.cs_lams[0]}
+    want = tv_primal_dual(acq["kspace"], acq["mask"][:, None], acq["maps"],
+                          lam=preset.cs_lams[0], num_iters=2)
+    np.testing.assert_allclose(rec, np.asarray(want), rtol=1e-6)
+
+    preset = dataclasses.replace(preset, cs_method="dlmri")
+    rec, choice = refine.cs_reconstruct(preset, acq, acq, seed=3)
+    assert choice == {"method": "dlmri", "num_iters": 2}
+    key = jax.random.split(jax.random.key(30_003), 2)[1]
+    want = dlmri(acq["kspace"][1], acq["mask"][1], acq["maps"][1], key, num_iters=2)
+    np.testing.assert_allclose(rec[1], np.asarray(want), rtol=1e-5, atol=1e-6)
+    claims = refine.paper_claims("Joint", refine.CS_NAMES["dlmri"])
+    assert ("SIS", "CS DLMRI") in [(c.metric, c.baseline) for c in claims]
+
+
+def test_unknown_cs_method_stops_the_run_before_training(tmp_path):
+    preset = dataclasses.replace(refine.PRESETS["smoke"], cs_method="wavelet")
+    with pytest.raises(ValueError, match="cs_method"):
+        refine._run(preset, tmp_path, data=None, seed=0, resume=False)
+    assert not any(tmp_path.iterdir())
