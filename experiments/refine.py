@@ -197,6 +197,12 @@ class Preset(SplitPreset):
     # The networks' convolution (jaxmri.cpu.conv_for: the XLA:CPU one on a CPU device).
     conv_general_dilated: Callable = jax.lax.conv_general_dilated
 
+    def __post_init__(self):
+        # Here, so that a wrong value stops a run before hours of training, not after.
+        if self.cs_method not in CS_NAMES:
+            raise ValueError(f"cs_method must be one of {sorted(CS_NAMES)}, got "
+                             f"{self.cs_method!r}")
+
 
 PRESETS = {
     "smoke": Preset(
@@ -443,16 +449,14 @@ def cs_reconstruct(preset: Preset, val_acq, test_acq, seed: int) -> tuple[np.nda
         rec = tv_primal_dual(test_acq["kspace"], test_acq["mask"][:, None], test_acq["maps"],
                              lam=lam, num_iters=preset.cs_iters)
         return np.asarray(rec), {"method": "tv", "lambda": lam}
-    if preset.cs_method == "dlmri":
-        print(f"[refine] CS baseline: DLMRI, {preset.cs_iters} outer iterations, "
-              f"{len(test_acq['kspace'])} slices")
-        keys = jax.random.split(jax.random.key(30_000 + seed), len(test_acq["kspace"]))
-        rec = [np.asarray(dlmri(test_acq["kspace"][i], test_acq["mask"][i],
-                                test_acq["maps"][i], keys[i], num_iters=preset.cs_iters))
-               for i in tqdm(range(len(keys)), desc="DLMRI", unit="slice",
-                             disable=not show_progress())]
-        return np.stack(rec), {"method": "dlmri", "num_iters": preset.cs_iters}
-    raise ValueError(f"cs_method must be 'tv' or 'dlmri', got {preset.cs_method!r}")
+    print(f"[refine] CS baseline: DLMRI, {preset.cs_iters} outer iterations, "
+          f"{len(test_acq['kspace'])} slices")
+    keys = jax.random.split(jax.random.key(30_000 + seed), len(test_acq["kspace"]))
+    rec = [np.asarray(dlmri(test_acq["kspace"][i], test_acq["mask"][i], test_acq["maps"][i],
+                            keys[i], num_iters=preset.cs_iters))
+           for i in tqdm(range(len(keys)), desc="DLMRI", unit="slice",
+                         disable=not show_progress())]
+    return np.stack(rec), {"method": "dlmri", "num_iters": preset.cs_iters}
 
 
 def choose_cs_weight(preset: Preset, val_acq) -> float:
@@ -642,9 +646,6 @@ def run(args, setup) -> dict:
 
 
 def _run(preset: Preset, workdir: Path, *, data, seed: int, resume) -> dict:
-    if preset.cs_method not in CS_NAMES:  # before hours of training, not after
-        raise ValueError(f"cs_method must be one of {sorted(CS_NAMES)}, got "
-                         f"{preset.cs_method!r}")
     size = preset.image_size
     split = dict(orientations=(preset.orientation,), fractions=preset.split_fractions)
     train = load_slices(data, image_size=size, split="train", **split)

@@ -85,6 +85,13 @@ def check_broadcasts_to(x, target_shape: Sequence[int], name: str, *, what: str 
                          f"{target}" + (f" ({hint})" if hint else ""))
 
 
+def check_int(value, name: str, *, minimum: int = 1) -> int:
+    """``int(value)``; ``ValueError`` unless ``value`` is an int (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_finite(x, name: str) -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or infinite values (host-side: reads values)."""
     arr = np.asarray(x)

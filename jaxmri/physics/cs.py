@@ -42,7 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxmri._checks import check_broadcasts_to, check_complex, check_ndim, check_positive
+from jaxmri._checks import (
+    check_broadcasts_to,
+    check_complex,
+    check_int,
+    check_ndim,
+    check_positive,
+)
 from jaxmri.physics.sense import sense_adjoint, sense_forward
 
 __all__ = ["haar2d", "ihaar2d", "haar_detail_mask", "l1_wavelet_objective",
@@ -51,8 +57,7 @@ __all__ = ["haar2d", "ihaar2d", "haar_detail_mask", "l1_wavelet_objective",
 
 
 def _check_levels(shape, levels: int, name: str) -> int:
-    if not isinstance(levels, int | np.integer) or levels < 1:
-        raise ValueError(f"levels must be a positive int, got {levels!r}")
+    levels = check_int(levels, "levels")
     h, w = shape[-2:]
     factor = 2 ** int(levels)
     if h % factor or w % factor:
@@ -141,6 +146,15 @@ def _check_problem(kspace, mask, maps) -> None:
                         hint="per-slice masks (N, H, W) need mask[:, None]")
 
 
+def _data_term(image, kspace, mask, maps, lam) -> jax.Array:
+    """Checks the objective's arguments; ``1/2 ||M F S x - y||^2`` per image."""
+    check_complex(image, "image")
+    _check_problem(kspace, mask, maps)
+    check_positive(lam, "lam", allow_zero=True)
+    residual = sense_forward(image, maps, mask) - jnp.asarray(mask) * kspace
+    return 0.5 * jnp.sum(jnp.abs(residual) ** 2, axis=(-3, -2, -1))
+
+
 def l1_wavelet_objective(image: jax.Array, kspace: jax.Array, mask: jax.Array,
                          maps: jax.Array, *, lam: float, levels: int = 3) -> jax.Array:
     """``1/2 ||M F S x - y||^2 + lam ||Psi_d x||_1`` per image, shape ``image.shape[:-2]``.
@@ -153,11 +167,7 @@ def l1_wavelet_objective(image: jax.Array, kspace: jax.Array, mask: jax.Array,
       lam: regularisation weight ``>= 0``.
       levels: Haar decomposition levels.
     """
-    check_complex(image, "image")
-    _check_problem(kspace, mask, maps)
-    check_positive(lam, "lam", allow_zero=True)
-    residual = sense_forward(image, maps, mask) - jnp.asarray(mask) * kspace
-    data = 0.5 * jnp.sum(jnp.abs(residual) ** 2, axis=(-3, -2, -1))
+    data = _data_term(image, kspace, mask, maps, lam)
     detail = haar_detail_mask(np.shape(image)[-2:], levels=levels)
     penalty = jnp.sum(detail * jnp.abs(haar2d(image, levels=levels)), axis=(-2, -1))
     return data + lam * penalty
@@ -181,8 +191,7 @@ def l1_wavelet_fista(kspace: jax.Array, mask: jax.Array, maps: jax.Array, *, lam
     """
     _check_problem(kspace, mask, maps)
     check_positive(lam, "lam", allow_zero=True)
-    if not isinstance(num_iters, int | np.integer) or num_iters < 1:
-        raise ValueError(f"num_iters must be a positive int, got {num_iters!r}")
+    num_iters = check_int(num_iters, "num_iters")
     _check_levels(np.shape(kspace), levels, "kspace")
     return _fista(kspace, jnp.asarray(mask, jnp.float32), maps, lam, levels=int(levels),
                   num_iters=int(num_iters))
@@ -261,12 +270,7 @@ def tv_objective(image: jax.Array, kspace: jax.Array, mask: jax.Array, maps: jax
                  lam: float) -> jax.Array:
     """``1/2 ||M F S x - y||^2 + lam TV(x)`` per image, shape ``image.shape[:-2]``
     (arguments as :func:`l1_wavelet_objective`)."""
-    check_complex(image, "image")
-    _check_problem(kspace, mask, maps)
-    check_positive(lam, "lam", allow_zero=True)
-    residual = sense_forward(image, maps, mask) - jnp.asarray(mask) * kspace
-    data = 0.5 * jnp.sum(jnp.abs(residual) ** 2, axis=(-3, -2, -1))
-    return data + lam * total_variation(image)
+    return _data_term(image, kspace, mask, maps, lam) + lam * total_variation(image)
 
 
 def tv_primal_dual(kspace: jax.Array, mask: jax.Array, maps: jax.Array, *, lam: float,
@@ -292,8 +296,7 @@ def tv_primal_dual(kspace: jax.Array, mask: jax.Array, maps: jax.Array, *, lam: 
     _check_problem(kspace, mask, maps)
     check_positive(lam, "lam", allow_zero=True)
     check_positive(step_ratio, "step_ratio")
-    if not isinstance(num_iters, int | np.integer) or num_iters < 1:
-        raise ValueError(f"num_iters must be a positive int, got {num_iters!r}")
+    num_iters = check_int(num_iters, "num_iters")
     return _tv_primal_dual(kspace, jnp.asarray(mask, jnp.float32), maps, lam, step_ratio,
                            num_iters=int(num_iters))
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxmri._checks import check_broadcasts_to, check_complex, check_positive
+from jaxmri._checks import check_broadcasts_to, check_complex, check_int, check_positive
 from jaxmri.physics.fft import fft2c, ifft2c
 
 __all__ = ["extract_patches", "average_patches", "omp", "ksvd", "dlmri",
@@ -84,10 +84,8 @@ def omp(dictionary: jax.Array, signals: jax.Array, *, max_atoms: int,
       Coefficients ``(P, K)`` with at most ``max_atoms`` non-zeros per row;
       ``signals ~ coefficients @ dictionary.T``.
     """
-    if not isinstance(max_atoms, int | np.integer) or max_atoms < 1:
-        raise ValueError(f"max_atoms must be a positive int, got {max_atoms!r}")
     return _omp(jnp.asarray(dictionary), jnp.asarray(signals), jnp.asarray(tolerance),
-                max_atoms=int(max_atoms))
+                max_atoms=check_int(max_atoms, "max_atoms"))
 
 
 @functools.partial(jax.jit, static_argnames=("max_atoms",))
@@ -136,11 +134,9 @@ def ksvd(signals: jax.Array, initial: jax.Array, *, sparsity: int, num_iters: in
     Returns:
       The learned ``(n, K)`` dictionary (unit-norm columns).
     """
-    for name, value in (("sparsity", sparsity), ("num_iters", num_iters)):
-        if not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
     return _ksvd(jnp.asarray(signals), jnp.asarray(initial), jnp.asarray(tolerance),
-                 sparsity=int(sparsity), num_iters=int(num_iters))
+                 sparsity=check_int(sparsity, "sparsity"),
+                 num_iters=check_int(num_iters, "num_iters"))
 
 
 @functools.partial(jax.jit, static_argnames=("sparsity", "num_iters"))
@@ -203,11 +199,9 @@ def dlmri(kspace: jax.Array, mask: jax.Array, maps: jax.Array, key: jax.Array, *
         raise ValueError(f"dlmri takes one single-coil slice: kspace and maps of shape "
                          f"(1, H, W), got {np.shape(kspace)} and {np.shape(maps)}")
     check_broadcasts_to(mask, np.shape(kspace), "mask", what="kspace ")
-    sizes = dict(num_iters=num_iters, patch_size=patch_size, num_atoms=num_atoms,
-                 num_train=num_train, sparsity=sparsity, ksvd_iters=ksvd_iters)
-    for name, value in sizes.items():
-        if not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    sizes = {name: check_int(value, name) for name, value in dict(
+        num_iters=num_iters, patch_size=patch_size, num_atoms=num_atoms, num_train=num_train,
+        sparsity=sparsity, ksvd_iters=ksvd_iters).items()}
     if num_atoms < patch_size ** 2:
         raise ValueError(f"num_atoms ({num_atoms}) must be at least patch_size^2 "
                          f"({patch_size ** 2})")
@@ -219,7 +213,7 @@ def dlmri(kspace: jax.Array, mask: jax.Array, maps: jax.Array, key: jax.Array, *
         check_positive(value, "thresholds", allow_zero=True)
     mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), np.shape(kspace))
     return _dlmri(jnp.asarray(kspace), mask, jnp.asarray(maps), key,
-                  jnp.asarray(thresholds, jnp.float32), **{k: int(v) for k, v in sizes.items()})
+                  jnp.asarray(thresholds, jnp.float32), **sizes)
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters", "patch_size", "num_atoms",

@@ -69,6 +69,7 @@ import orbax.checkpoint as ocp
 from jax import lax
 from tqdm.auto import tqdm
 
+from jaxmri._checks import check_int
 from jaxmri.errors import MissingCheckpointError
 from jaxmri.train.tensorboard import TensorBoardLog
 
@@ -495,12 +496,6 @@ def _check_replicas(rstate: PyTree, step: int) -> None:
         )
 
 
-def _check_int(value: int, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 # --------------------------------------------------------------------------------------------
 # The loop
 
@@ -568,11 +563,11 @@ def fit(
         run completed steps before it (and is a single process), the state after ``s`` steps
         is checkpointed first and a note on the exception names the checkpoint.
     """
-    num_steps = _check_int(num_steps, "num_steps", minimum=0)
-    checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", minimum=1)
-    keep_checkpoints = _check_int(keep_checkpoints, "keep_checkpoints", minimum=1)
-    eval_every = _check_int(eval_every, "eval_every", minimum=1)
-    log_every = _check_int(log_every, "log_every", minimum=1)
+    num_steps = check_int(num_steps, "num_steps", minimum=0)
+    checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
+    keep_checkpoints = check_int(keep_checkpoints, "keep_checkpoints", minimum=1)
+    eval_every = check_int(eval_every, "eval_every", minimum=1)
+    log_every = check_int(log_every, "log_every", minimum=1)
     if resume not in (None, True, False):
         raise ValueError(f"resume must be None, True or False, got {resume!r}")
     if not callable(train_step) or not callable(batch_fn):
