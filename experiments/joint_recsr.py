@@ -28,7 +28,10 @@ with an SR output on pixel + reconstruction L1 alone (``warmup_steps``, ESRGAN's
 initialisation; the paper does not say how its generators start): a few hundred eq. 12 steps
 from random weights leave every learned model below CG-SENSE + bicubic (measured: 120 steps gave
 SR 14.9 dB, Recon+SR 19.1 dB, Proposed 15.4 dB against 23.6 dB), which compares nothing. The
-paper preset has no warm-up.
+paper preset has no warm-up. The eq. 12 phase must not be short either: its perceptual term
+first darkens every SR output (mean magnitude 0.33 -> 0.21 within 100 steps) and only the
+next ~200 steps bring the brightness back (docs/joint_recsr_regime.md, "eq. 12 length"), so the
+cpu presets give it 300 of their 400 steps.
 
 Outputs in the workdir: ``table1_<mask>.md/.json``, ``table3_<mask>.md/.json``,
 ``fig4_<mask>.png`` (ablation, error maps, zoom box), ``fig5_<mask>.png`` (comparison); one
@@ -147,29 +150,27 @@ PRESETS = {
         milestones=(1,), cg_iters=5,
     ),
     "cpu": Preset(
-        description="python -m experiments.joint_recsr: 7.5 minutes on 2 CPU cores "
-        "(measured 2026-12-04 on a fresh clone at load about 1; 15 to 22 minutes per seed when "
-        "the cores are shared with two other jobs); 64x64 HR slices (32x32 LR), "
+        description="python -m experiments.joint_recsr: about 12 minutes on 2 CPU cores "
+        "(estimated from the stages' step times; the 2026-12-05 measurement is in "
+        "docs/joint_recsr_regime.md); 64x64 HR slices (32x32 LR), "
         "8 coils, noisy references (k-space SNR 12 dB, chosen from the non-method rows), 1-D "
         "Gaussian 2.5x + x2 SR (5x), 64 training slices, small networks (16 features, 2 RRDB-"
         "SFT blocks, DEQ <= 6 iterations, MoDL 3 iterations with CG data consistency); every "
-        "model gets 350 Adam steps (batch 4): models with an SR output 250 warm-up steps on "
-        "pixel + reconstruction L1 (ESRGAN's PSNR-oriented start; not in the paper) then 100 "
-        "on eq. 12, reconstruction-only models 350 on L1; CG-SENSE lambda 1e-2 (best on the "
-        "validation split). All of Table 1 (SR, Recon, Recon-SR, Recon+SR, Proposed) and "
+        "model gets 400 Adam steps (batch 4): models with an SR output 100 warm-up steps on "
+        "pixel + reconstruction L1 (ESRGAN's PSNR-oriented start; not in the paper) then 300 "
+        "on eq. 12 (learning rate 1e-3, halved at 150 and 225), reconstruction-only models 400 "
+        "on L1; CG-SENSE lambda 1e-2 (best on the validation split). The eq. 12 phase is 300 "
+        "steps because its first 100 darken every SR output (the perceptual term) and the "
+        "next 200 undo it (SR model, 12 validation slices: 15.6 dB after 250 + 100 steps, 19.6"
+        " after 100 + 300). All of Table 1 (SR, Recon, Recon-SR, Recon+SR, Proposed) and "
         "Table 3 (CG-SENSE+bicubic, MoDL+bicubic, Proposed). Paper claims to check: Proposed "
-        "best PSNR/SSIM/LPIPS; joint above sequential. Seed 0 (PSNR / SSIM / LPIPS): Proposed"
-        " 20.67 / 0.752 / 0.106, Recon+SR 21.28 / 0.754 / 0.128, Recon-SR 20.30 / 0.776 / "
-        "0.136, Recon 22.44 / 0.774 / 0.176, SR 16.76 / 0.667 / 0.204, CG-SENSE+bicubic 24.01"
-        " / 0.818 / 0.135, MoDL+bicubic 24.44 / 0.831 / 0.139 (paper: CG-SENSE+bicubic 22.41 "
-        "/ 0.581, learned rows 28.9-30.3 dB); seeds 1 and 2: Proposed 21.67 and 21.79 dB, "
-        "Recon+SR 19.49 and 16.19, SR 16.61 and 12.77 (see docs/joint_recsr_regime.md).",
+        "best PSNR/SSIM/LPIPS; joint above sequential.",
         image_size=64, num_coils=8, num_train=64, num_test=24, masks=("gauss1d",),
         table1=TABLE1, table3=TABLE3,
         sr_features=16, sr_growth=8, sr_blocks=2, cond_features=8, rec_features=16,
         rec_growth=8, rec_blocks=1, deq_tol=1e-2, deq_max_iter=6, disc_features=(16, 32, 64),
-        modl_iterations=3, modl_features=16, steps=100, warmup_steps=250, batch_size=4,
-        learning_rate=1e-3, milestones=(50, 75), snr_db=REFERENCE_SNR_DB, cg_lam=1e-2,
+        modl_iterations=3, modl_features=16, steps=300, warmup_steps=100, batch_size=4,
+        learning_rate=1e-3, milestones=(150, 225), snr_db=REFERENCE_SNR_DB, cg_lam=1e-2,
     ),
     "paper": Preset(
         description="python -m experiments.joint_recsr --preset paper: days on 2 CPU cores "
@@ -193,17 +194,17 @@ PRESETS = {
 # The regime preset (docs/joint_recsr_regime.md, "128 px"): at 64 px bicubic of the *exact* LR
 # image scores 27.3 dB against the HR reference, below the paper's MoDL+bicubic (29.33), so no
 # "+bicubic" row can reach it; at 128 px that ceiling is 30.8 dB and MoDL+bicubic reaches 28.0 /
-# 0.857 after the cpu preset's 350 steps (test split, SNR 12 dB, 12 coils).
+# 0.857 after 350 steps (test split, SNR 12 dB, 12 coils).
 PRESETS["cpu-long"] = dataclasses.replace(
     PRESETS["cpu"],
     description="python -m experiments.joint_recsr --preset cpu-long: as cpu at the paper's "
     "LR-to-HR scale of detail: 128x128 HR slices (64x64 LR) and the paper's 12 coils; the same "
-    "networks, steps (250 L1 warm-up + 100 eq. 12, 350 for reconstruction-only models), SNR "
+    "networks, steps (100 L1 warm-up + 300 eq. 12, 400 for reconstruction-only models), SNR "
     "12 dB and CG-SENSE lambda 1e-2 (best on the 128 px validation split as well). "
-    "Non-method rows measured at this size (24 test slices): CG-SENSE+bicubic 27.37 / 0.842, "
-    "MoDL+bicubic 28.04 / 0.857 (paper 22.41 / 0.581 and 29.33 / 0.846). 22 minutes on 2 "
-    "CPU cores (seed 1 at load about 2, 2344 s user, measured 2026-12-04; 45 minutes when "
-    "shared with other jobs); peak RSS 10.5 GB, so it needs about 11 GiB of memory.",
+    "Non-method rows measured at this size (24 test slices, 350 steps): CG-SENSE+bicubic "
+    "27.37 / 0.842, MoDL+bicubic 28.04 / 0.857 (paper 22.41 / 0.581 and 29.33 / 0.846). "
+    "About 45 minutes on 2 CPU cores (estimated from the stages' step times; 22 minutes with "
+    "the former 100 eq. 12 steps); peak RSS 10.5 GB, so it needs about 11 GiB of memory.",
     image_size=128, num_coils=12)
 
 

@@ -112,6 +112,20 @@ def test_training_phase_states_optimisers_and_discriminator():
     assert set(rec) == {"generator"}
 
 
+def test_every_preset_halves_the_rate_inside_its_eq12_phase():
+    # A milestone at or past the end of the phase would leave the rate constant without a word
+    # (the cpu presets' milestones moved when the phase went from 100 to 300 steps).
+    for name, preset in exp.PRESETS.items():
+        ms = preset.milestones
+        assert ms and list(ms) == sorted(set(ms)), name
+        assert all(0 < m < preset.steps for m in ms), (name, ms, preset.steps)
+    # The cpu presets give eq. 12 most of their steps: its first ~100 darken every SR output
+    # and the next ~200 undo it (docs/joint_recsr_regime.md, "eq. 12 length").
+    for name in ("cpu", "cpu-long"):
+        preset = exp.PRESETS[name]
+        assert preset.steps >= 3 * preset.warmup_steps > 0, name
+
+
 # About 4 CPU-minutes of XLA compilation (VGG16 gradients, DEQ, discriminator, LPIPS, run twice
 # for the resume check): too long for the default suite; `python -m pytest -m slow` runs it.
 @pytest.mark.slow
