@@ -150,9 +150,9 @@ PRESETS = {
         milestones=(1,), cg_iters=5,
     ),
     "cpu": Preset(
-        description="python -m experiments.joint_recsr: about 12 minutes on 2 CPU cores "
-        "(estimated from the stages' step times; the 2026-12-05 measurement is in "
-        "docs/joint_recsr_regime.md); 64x64 HR slices (32x32 LR), "
+        description="python -m experiments.joint_recsr: 10-11 minutes on 2 CPU cores "
+        "(measured 2026-12-05 on a clean clone, idle 2-core Intel Xeon: 10.3 / 11.0 / 10.1 "
+        "minutes for seeds 0-2, peak RSS 6.9 GB); 64x64 HR slices (32x32 LR), "
         "8 coils, noisy references (k-space SNR 12 dB, chosen from the non-method rows), 1-D "
         "Gaussian 2.5x + x2 SR (5x), 64 training slices, small networks (16 features, 2 RRDB-"
         "SFT blocks, DEQ <= 6 iterations, MoDL 3 iterations with CG data consistency); every "
@@ -164,7 +164,11 @@ PRESETS = {
         "next 200 undo it (SR model, 12 validation slices: 15.6 dB after 250 + 100 steps, 19.6"
         " after 100 + 300). All of Table 1 (SR, Recon, Recon-SR, Recon+SR, Proposed) and "
         "Table 3 (CG-SENSE+bicubic, MoDL+bicubic, Proposed). Paper claims to check: Proposed "
-        "best PSNR/SSIM/LPIPS; joint above sequential.",
+        "best PSNR/SSIM/LPIPS; joint above sequential. Seeds 0 / 1 / 2 (PSNR dB): Proposed "
+        "22.33 / 21.77 / 22.09, Recon+SR 21.99 / 20.91 / 21.69, Recon-SR 22.16 / 20.81 / "
+        "21.58, Recon 22.56 / 22.48 / 22.55, SR 19.52 / 18.89 / 15.06, CG-SENSE+bicubic 24.01,"
+        " MoDL+bicubic 24.52-24.53 (paper: CG-SENSE+bicubic 22.41, learned rows 28.9-30.3; "
+        "see docs/joint_recsr_regime.md).",
         image_size=64, num_coils=8, num_train=64, num_test=24, masks=("gauss1d",),
         table1=TABLE1, table3=TABLE3,
         sr_features=16, sr_growth=8, sr_blocks=2, cond_features=8, rec_features=16,
@@ -201,10 +205,12 @@ PRESETS["cpu-long"] = dataclasses.replace(
     "LR-to-HR scale of detail: 128x128 HR slices (64x64 LR) and the paper's 12 coils; the same "
     "networks, steps (100 L1 warm-up + 300 eq. 12, 400 for reconstruction-only models), SNR "
     "12 dB and CG-SENSE lambda 1e-2 (best on the 128 px validation split as well). "
-    "Non-method rows measured at this size (24 test slices, 350 steps): CG-SENSE+bicubic "
-    "27.37 / 0.842, MoDL+bicubic 28.04 / 0.857 (paper 22.41 / 0.581 and 29.33 / 0.846). "
-    "About 45 minutes on 2 CPU cores (estimated from the stages' step times; 22 minutes with "
-    "the former 100 eq. 12 steps); peak RSS 10.5 GB, so it needs about 11 GiB of memory.",
+    "Seed 0 (24 test slices, PSNR / SSIM; paper in brackets): Recon-SR 26.38 / 0.827 "
+    "(29.27 / 0.832), Recon+SR 26.30 / 0.826 (29.40 / 0.863), MoDL+bicubic 28.20 / 0.862 "
+    "(29.33 / 0.846), Recon 26.59 / 0.831 (30.23 / 0.848), SR 23.32 / 0.770 (28.88 / 0.846), "
+    "CG-SENSE+bicubic 27.37 / 0.842 (22.41 / 0.581), Proposed 25.91 / 0.824 (30.32 / 0.868). "
+    "31 minutes on 2 idle CPU cores (seed 0, 3324 s user, measured 2026-12-05 on a clean "
+    "clone, Intel Xeon); peak RSS 10.5 GB, so it needs about 11 GiB of memory.",
     image_size=128, num_coils=12)
 
 
