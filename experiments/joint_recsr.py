@@ -23,15 +23,15 @@ and CG data consistency, Aggarwal et al.) + bicubic, Proposed, with the computat
 slice. Metrics on the HR magnitude (PSNR and SSIM with the target's maximum as range, LPIPS
 AlexNet), mean +- sd over the test slices.
 Losses eq. 12 (perceptual VGG16 L1, pixel 1e-2, reconstruction 1, adversarial 5e-3, VGG-style
-discriminator); Adam halved at the preset's milestones. The cpu preset first trains every model
-with an SR output on pixel + reconstruction L1 alone (``warmup_steps``, ESRGAN's PSNR-oriented
-initialisation; the paper does not say how its generators start): a few hundred eq. 12 steps
-from random weights leave every learned model below CG-SENSE + bicubic (measured: 120 steps gave
-SR 14.9 dB, Recon+SR 19.1 dB, Proposed 15.4 dB against 23.6 dB), which compares nothing. The
-paper preset has no warm-up. The eq. 12 phase must not be short either: its perceptual term
-first darkens every SR output (mean magnitude 0.33 -> 0.21 within 100 steps) and only the
-next ~200 steps bring the brightness back (docs/joint_recsr_regime.md, "eq. 12 length"), so the
-cpu presets give it 300 of their 400 steps.
+discriminator); Adam halved at the fractions ``halve_at`` of the eq. 12 phase. The cpu preset
+first trains every model with an SR output on pixel + reconstruction L1 alone (``warmup_steps``,
+ESRGAN's PSNR-oriented initialisation; the paper does not say how its generators start): a few
+hundred eq. 12 steps from random weights leave every learned model below CG-SENSE + bicubic
+(measured: 120 steps gave SR 14.9 dB, Recon+SR 19.1 dB, Proposed 15.4 dB against 23.6 dB), which
+compares nothing. The paper preset has no warm-up. The eq. 12 phase must not be short either:
+its perceptual term first darkens every SR output (mean magnitude 0.33 -> 0.21 within 100 steps)
+and only the next ~200 steps bring the brightness back (docs/joint_recsr_regime.md, "eq. 12
+length"), so the cpu presets give it 300 of their 400 steps.
 
 Outputs in the workdir: ``table1_<mask>.md/.json``, ``table3_<mask>.md/.json``,
 ``fig4_<mask>.png`` (ablation, error maps, zoom box), ``fig5_<mask>.png`` (comparison); one
@@ -129,11 +129,25 @@ class Preset(SplitPreset):
     steps: int
     batch_size: int
     learning_rate: float
-    milestones: tuple[int, ...]
+    # Fractions of the eq. 12 phase (``steps``) where Adam's rate halves, so that ``--steps N``
+    # moves them with the phase: the paper's 50k/100k/200k/300k of 400k are 1/8, 1/4, 1/2, 3/4.
+    halve_at: tuple[float, ...]
     cg_iters: int = 30
     cg_lam: float = 1e-3
     snr_db: float | None = 30.0
     warmup_steps: int = 0
+
+    def __post_init__(self):
+        fractions = tuple(self.halve_at)
+        if list(fractions) != sorted(set(fractions)) or not all(0 < f < 1 for f in fractions):
+            raise ValueError(f"halve_at must be increasing fractions of the eq. 12 phase in "
+                             f"(0, 1), got {self.halve_at}")
+
+
+def halving_steps(preset: Preset) -> tuple[int, ...]:
+    """The eq. 12 steps where Adam's rate halves: ``preset.halve_at`` of ``preset.steps``,
+    rounded, at least 1 and distinct."""
+    return tuple(sorted({max(1, round(f * preset.steps)) for f in preset.halve_at}))
 
 
 PRESETS = {
@@ -147,7 +161,7 @@ PRESETS = {
         sr_features=8, sr_growth=4, sr_blocks=1, cond_features=4, rec_features=8, rec_growth=4,
         rec_blocks=1, deq_tol=1e-2, deq_max_iter=3, disc_features=(8, 16), modl_iterations=2,
         modl_features=8, steps=2, warmup_steps=1, batch_size=2, learning_rate=1e-3,
-        milestones=(1,), cg_iters=5,
+        halve_at=(0.5,), cg_iters=5,
     ),
     "cpu": Preset(
         description="python -m experiments.joint_recsr: 10-11 minutes on 2 CPU cores "
@@ -174,7 +188,7 @@ PRESETS = {
         sr_features=16, sr_growth=8, sr_blocks=2, cond_features=8, rec_features=16,
         rec_growth=8, rec_blocks=1, deq_tol=1e-2, deq_max_iter=6, disc_features=(16, 32, 64),
         modl_iterations=3, modl_features=16, steps=300, warmup_steps=100, batch_size=4,
-        learning_rate=1e-3, milestones=(150, 225), snr_db=REFERENCE_SNR_DB, cg_lam=1e-2,
+        learning_rate=1e-3, halve_at=(0.5, 0.75), snr_db=REFERENCE_SNR_DB, cg_lam=1e-2,
     ),
     "paper": Preset(
         description="python -m experiments.joint_recsr --preset paper: days on 2 CPU cores "
@@ -191,7 +205,7 @@ PRESETS = {
         rec_growth=32, rec_blocks=1, deq_tol=1e-3, deq_max_iter=30,
         disc_features=(64, 128, 256, 512, 512), modl_iterations=10, modl_features=64,
         steps=400_000, batch_size=4, learning_rate=1e-4,
-        milestones=(50_000, 100_000, 200_000, 300_000), cg_iters=50, snr_db=REFERENCE_SNR_DB,
+        halve_at=(0.125, 0.25, 0.5, 0.75), cg_iters=50, snr_db=REFERENCE_SNR_DB,
         cg_lam=1e-2,
     ),
 }
@@ -386,7 +400,7 @@ def training_phase(method: str, preset: Preset, variables: dict, *, key: jax.Arr
     This is what :func:`train` hands to :func:`fit` (and what ``benchmarks.step_time`` times).
 
     * ``warmup=False``, the eq. 12 phase: the generator with Adam at ``preset.learning_rate``,
-      halved at ``preset.milestones``; a method with an adversarial term also gets a fresh
+      halved at :func:`halving_steps`; a method with an adversarial term also gets a fresh
       VGG-style discriminator (``state['discriminator']``, initialised from
       ``fold_in(key, 1)`` on ``(1, hr_size, hr_size, 1)`` magnitudes, the same optimiser); the
       step is :func:`jaxmri.models.joint_recsr.make_train_step` with the method's loss weights.
@@ -403,7 +417,7 @@ def training_phase(method: str, preset: Preset, variables: dict, *, key: jax.Arr
         return jr.make_train_step(predict, weights=warmup_weights(weights),
                                   rec_target=rec_target, conv_general_dilated=conv), state
     schedule = optax.piecewise_constant_schedule(
-        preset.learning_rate, {int(m): 0.5 for m in preset.milestones})
+        preset.learning_rate, {step: 0.5 for step in halving_steps(preset)})
     state = {"generator": create_train_state(module, optax.adam(schedule), variables)}
     if weights.adversarial > 0:
         disc = VGGDiscriminator(features=preset.disc_features, hidden=2 * preset.disc_features[-1],

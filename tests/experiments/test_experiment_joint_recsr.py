@@ -1,5 +1,6 @@
 """The joint Rec/SR experiment: its data pipeline (eq. 1) and the smoke preset end to end."""
 
+import dataclasses
 import json
 
 import chex
@@ -62,14 +63,14 @@ def test_warmup_loss_is_pixel_and_reconstruction_l1_only():
     assert full == exp.jr.LossWeights()
 
 
-def _first_two_learning_rates(train_state):
-    """The step sizes of the first two Adam updates under a constant gradient (Adam's
-    normalised step is then 1, so each update is minus the learning rate of its step)."""
+def _learning_rates(train_state, num_updates=2):
+    """The step sizes of the first ``num_updates`` Adam updates under a constant gradient
+    (Adam's normalised step is then 1, so each update is minus the learning rate of its step)."""
     tx, params = train_state.tx, train_state.params
     grads = jax.tree.map(jnp.ones_like, params)
     opt_state = tx.init(params)
     rates = []
-    for _ in range(2):
+    for _ in range(num_updates):
         updates, opt_state = tx.update(grads, opt_state, params)
         rates.append(-float(jax.tree.leaves(updates)[0].ravel()[0]))
     return rates
@@ -91,9 +92,9 @@ def test_training_phase_states_optimisers_and_discriminator():
     assert callable(step) and set(state) == {"generator", "discriminator"}
     chex.assert_trees_all_equal(state["generator"].params, variables["params"])
     assert int(state["generator"].step) == 0
-    np.testing.assert_allclose(_first_two_learning_rates(state["generator"]), [1e-3, 5e-4],
+    np.testing.assert_allclose(_learning_rates(state["generator"]), [1e-3, 5e-4],
                                rtol=1e-4)
-    np.testing.assert_allclose(_first_two_learning_rates(state["discriminator"]),
+    np.testing.assert_allclose(_learning_rates(state["discriminator"]),
                                [1e-3, 5e-4], rtol=1e-4)
     # A fresh discriminator from fold_in(key, 1) on HR magnitudes.
     disc = VGGDiscriminator(features=preset.disc_features, hidden=2 * preset.disc_features[-1])
@@ -104,7 +105,7 @@ def test_training_phase_states_optimisers_and_discriminator():
     _, warm = exp.training_phase("Proposed", preset, variables, key=key, hr_size=32,
                                  warmup=True)
     assert set(warm) == {"generator"}
-    np.testing.assert_allclose(_first_two_learning_rates(warm["generator"]), [1e-3, 1e-3],
+    np.testing.assert_allclose(_learning_rates(warm["generator"]), [1e-3, 1e-3],
                                rtol=1e-4)
     # Reconstruction-only models (L1) train without a discriminator.
     rec_vars = exp.init_generator("Recon", preset, split, key=key)
@@ -112,18 +113,30 @@ def test_training_phase_states_optimisers_and_discriminator():
     assert set(rec) == {"generator"}
 
 
-def test_every_preset_halves_the_rate_inside_its_eq12_phase():
-    # A milestone at or past the end of the phase would leave the rate constant without a word
-    # (the cpu presets' milestones moved when the phase went from 100 to 300 steps).
-    for name, preset in exp.PRESETS.items():
-        ms = preset.milestones
-        assert ms and list(ms) == sorted(set(ms)), name
-        assert all(0 < m < preset.steps for m in ms), (name, ms, preset.steps)
+def test_the_rate_halves_at_fractions_of_the_eq12_phase_whatever_its_length():
+    assert exp.halving_steps(exp.PRESETS["paper"]) == (50_000, 100_000, 200_000, 300_000)
+    assert exp.halving_steps(exp.PRESETS["cpu"]) == (150, 225)
+    # --steps moves the halvings with the phase (absolute milestones would stay at 150 and 225,
+    # past the end of a 100-step phase, and leave the rate constant without a word).
+    short = exp.override_preset(exp.PRESETS["cpu"], steps=8)
+    assert exp.halving_steps(short) == (4, 6)
+    slices = load_slices(None, image_size=32, split="train",
+                         orientations=(short.orientation,), fractions=short.split_fractions)
+    smoke = dataclasses.replace(exp.PRESETS["smoke"], steps=8, halve_at=short.halve_at)
+    split = exp.simulate_split(slices, np.arange(1), mask_name="gauss1d", seed=0,
+                               num_coils=smoke.num_coils, snr_db=smoke.snr_db)
+    variables = exp.init_generator("SR", smoke, split, key=jax.random.PRNGKey(0))
+    _, state = exp.training_phase("SR", smoke, variables, key=jax.random.PRNGKey(0), hr_size=32)
+    np.testing.assert_allclose(_learning_rates(state["generator"], 8),
+                               [1e-3] * 4 + [5e-4] * 2 + [2.5e-4] * 2, rtol=1e-4)
     # The cpu presets give eq. 12 most of their steps: its first ~100 darken every SR output
     # and the next ~200 undo it (docs/joint_recsr_regime.md, "eq. 12 length").
     for name in ("cpu", "cpu-long"):
         preset = exp.PRESETS[name]
         assert preset.steps >= 3 * preset.warmup_steps > 0, name
+    for bad in ((0.75, 0.5), (0.0, 0.5), (0.5, 1.0), (0.5, 0.5)):
+        with pytest.raises(ValueError, match="halve_at"):
+            dataclasses.replace(exp.PRESETS["cpu"], halve_at=bad)
 
 
 # About 4 CPU-minutes of XLA compilation (VGG16 gradients, DEQ, discriminator, LPIPS, run twice
