@@ -129,10 +129,11 @@ PRESETS = {
         ablation_steps=2, ablation_stages=2,
     ),
     "cpu": Preset(
-        description="python -m experiments.ifrnet: 8.5 minutes on 2 CPU cores (measured "
-        "2026-12-04, load about 1); 128x128 slices (the paper preset's size: at 64 px the "
-        "pseudo-radial rows sit 4-8 dB below the paper's, at 128 px within 2.2 dB PSNR), "
-        "100 training slices, IFR-Net (7 stages, K=2, L=8) vs ADMM-Net (10 stages), IFR-CS and "
+        description="python -m experiments.ifrnet: 12.7 minutes on 2 idle CPU cores "
+        "(measured 2026-12-06 on a fresh clone; 11.6-12.7 per seed with --seeds 0,1,2); "
+        "128x128 slices (the paper preset's size: at 64 px the pseudo-radial rows sit 4-8 dB "
+        "below the paper's, at 128 px within 2.6 dB PSNR), 100 training slices, IFR-Net (7 "
+        "stages, K=2, L=8) vs ADMM-Net (10 stages), IFR-CS (400 iterations, converged) and "
         "zero-filling (the methods of the paper's Tables IV and V; D5-C5 and the U-Net only "
         "in the paper preset), 150 Adam steps each; Table IV at 20 % pseudo-radial and "
         "Table V (1-D random, 2-D random, pseudo-radial at 25 %). Expected ordering: IFR-Net "
