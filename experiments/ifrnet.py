@@ -129,8 +129,8 @@ PRESETS = {
         ablation_steps=2, ablation_stages=2,
     ),
     "cpu": Preset(
-        description="python -m experiments.ifrnet: 12.7 minutes on 2 idle CPU cores "
-        "(measured 2026-12-06 on a fresh clone; 11.6-12.7 per seed with --seeds 0,1,2); "
+        description="python -m experiments.ifrnet: 13.2 minutes on 2 idle CPU cores "
+        "(measured 2026-12-06 on a fresh clone; 11.9-13.2 per seed with --seeds 0,1,2); "
         "128x128 slices (the paper preset's size: at 64 px the pseudo-radial rows sit 4-8 dB "
         "below the paper's, at 128 px within 2.6 dB PSNR), 100 training slices, IFR-Net (7 "
         "stages, K=2, L=8) vs ADMM-Net (10 stages), IFR-CS (400 iterations, converged) and "
