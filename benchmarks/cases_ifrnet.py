@@ -119,7 +119,7 @@ def cases(*, paper: bool = False, with_torch: bool = True) -> list[StepCase]:
     setting = f"radial{round(100 * preset.table_iv_rates[0])}"
     acq = exp.real_valued_acquisition(
         {"image": phantom_images(batch_size, size, seed=0)}, np.arange(batch_size),
-        mask_fn=exp.mask_function(setting, size), seed=0, snr_db=preset.snr_db)
+        mask_fn=exp.mask_function(setting), seed=0, snr_db=preset.snr_db)
     batch = {k: np.asarray(v) for k, v in acq.items()}
 
     module = exp.build_model("IFR-Net", preset, conv_general_dilated=conv_for())

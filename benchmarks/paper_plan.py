@@ -394,7 +394,7 @@ def _ifrnet_batch(preset: Any) -> dict[str, np.ndarray]:
     size, b = preset.image_size, preset.batch_size
     acq = exp.real_valued_acquisition(
         {"image": phantom_images(b, size, seed=0)}, np.arange(b),
-        mask_fn=exp.mask_function(f"radial{round(100 * preset.table_iv_rates[0])}", size),
+        mask_fn=exp.mask_function(f"radial{round(100 * preset.table_iv_rates[0])}"),
         seed=0, snr_db=preset.snr_db)
     return {k: np.asarray(v) for k, v in acq.items()}
 

@@ -187,7 +187,7 @@ PRESETS = {
 TWO_D_RANDOM_DECAY = 0.5
 
 
-def mask_function(name: str, image_size: int) -> Callable:
+def mask_function(name: str) -> Callable:
     """``mask_fn(rng, shape)`` of a named setting: ``radial<pct>``, ``1d_random``, ``2d_random``."""
     if name.startswith("radial"):
         return functools.partial(pseudo_radial_mask, sampling_rate=int(name[6:]) / 100.0)
@@ -234,7 +234,7 @@ def real_valued_acquisition(slices: dict, indices: np.ndarray, *, mask_fn: Calla
 
 def load_setting(slices: dict, preset: Preset, setting: str) -> dict[str, dict]:
     """``{split: acquisition}`` of one mask setting (a different seed per split)."""
-    mask_fn = mask_function(setting, preset.image_size)
+    mask_fn = mask_function(setting)
     counts = {"train": preset.num_train, "val": preset.num_val, "test": preset.num_test}
     return {split: real_valued_acquisition(
                 slices[split], spread_indices(len(slices[split]["image"]), count),

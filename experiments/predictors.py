@@ -186,7 +186,7 @@ def build_ifrnet(preset, flags, workdir: Path) -> Method:
                "zero_filled": np.zeros((1, size, size), np.complex64)}
     variables = {m: restore_variables(workdir / setting / m, template=_template(
         modules[m], *ifrnet._example_inputs(m, example))) for m in learned}
-    mask_fn = ifrnet.mask_function(setting, size)
+    mask_fn = ifrnet.mask_function(setting)
 
     def apply(variables, b):
         out = {m: jnp.abs(ifrnet.predictor(m, modules[m])(variables[m], b)) for m in learned}

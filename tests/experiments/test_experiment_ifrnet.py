@@ -16,7 +16,7 @@ from _claims_helpers import assert_claims_recompute
 
 def test_real_valued_acquisition_measures_the_magnitude_image():
     slices = load_slices(None, image_size=32, split="val")
-    mask_fn = exp.mask_function("radial20", 32)
+    mask_fn = exp.mask_function("radial20")
     noiseless = exp.real_valued_acquisition(slices, np.arange(3), mask_fn=mask_fn, seed=1,
                                             snr_db=None)
     np.testing.assert_allclose(noiseless["target"], slices["image"][:3], atol=1e-6)
@@ -37,10 +37,10 @@ def test_real_valued_acquisition_measures_the_magnitude_image():
 
 def test_mask_settings_and_errors():
     for name, rate in (("1d_random", 0.25), ("2d_random", 0.25), ("radial40", 0.4)):
-        mask, _ = exp.mask_function(name, 64)(np.random.default_rng(0), (64, 64))
+        mask, _ = exp.mask_function(name)(np.random.default_rng(0), (64, 64))
         assert abs(mask.mean() - rate) < 0.04
     with pytest.raises(ValueError, match="unknown mask setting"):
-        exp.mask_function("spiral", 64)
+        exp.mask_function("spiral")
 
 
 def test_1d_random_draws_uniform_columns_around_an_8_percent_centre():
@@ -50,7 +50,7 @@ def test_1d_random_draws_uniform_columns_around_an_8_percent_centre():
     from jaxmri.physics.masks import gaussian_cartesian_mask, random_column_mask
 
     shape = (8, 128)
-    setting = exp.mask_function("1d_random", 128)
+    setting = exp.mask_function("1d_random")
     mask, _ = setting(np.random.default_rng(5), shape)
     same, _ = random_column_mask(np.random.default_rng(5), shape, center_fraction=0.08,
                                  acceleration=4.0)
@@ -88,7 +88,7 @@ def test_2d_random_spreads_its_samples_as_calibrated_not_as_the_library_default(
         masks = [mask_fn(np.random.default_rng(seed), shape)[0] for seed in range(4)]
         return np.mean([m[outer].sum() / m.sum() for m in masks])
 
-    setting = exp.mask_function("2d_random", 128)
+    setting = exp.mask_function("2d_random")
     mask, _ = setting(np.random.default_rng(7), shape)
     same, _ = variable_density_random_mask(np.random.default_rng(7), shape, acceleration=4.0,
                                            decay=exp.TWO_D_RANDOM_DECAY)
@@ -128,7 +128,7 @@ def test_smoke_experiment_end_to_end_and_resume(tmp_path):
 def _tiny_val(size: int = 32, count: int = 3) -> dict:
     slices = load_slices(None, image_size=size, split="val")
     return exp.real_valued_acquisition(slices, np.arange(count),
-                                       mask_fn=exp.mask_function("radial20", size), seed=1,
+                                       mask_fn=exp.mask_function("radial20"), seed=1,
                                        snr_db=None)
 
 
