@@ -23,15 +23,15 @@ and CG data consistency, Aggarwal et al.) + bicubic, Proposed, with the computat
 slice. Metrics on the HR magnitude (PSNR and SSIM with the target's maximum as range, LPIPS
 AlexNet), mean +- sd over the test slices.
 Losses eq. 12 (perceptual VGG16 L1, pixel 1e-2, reconstruction 1, adversarial 5e-3, VGG-style
-discriminator); Adam halved at the fractions ``halve_at`` of the eq. 12 phase. The cpu preset
-first trains every model with an SR output on pixel + reconstruction L1 alone (``warmup_steps``,
-ESRGAN's PSNR-oriented initialisation; the paper does not say how its generators start): a few
-hundred eq. 12 steps from random weights leave every learned model below CG-SENSE + bicubic
-(measured: 120 steps gave SR 14.9 dB, Recon+SR 19.1 dB, Proposed 15.4 dB against 23.6 dB), which
-compares nothing. The paper preset has no warm-up. The eq. 12 phase must not be short either:
-its perceptual term first darkens every SR output (mean magnitude 0.33 -> 0.21 within 100 steps)
-and only the next ~200 steps bring the brightness back (docs/joint_recsr_regime.md, "eq. 12
-length"), so the cpu presets give it 300 of their 400 steps.
+discriminator); every model with an SR output trains on eq. 12 from random weights, as the
+paper's do, with Adam halved at the fractions ``halve_at`` of its steps; reconstruction-only
+models (Recon, Recon-SR's Rec module, MoDL) train on the L1 loss for as many steps. The eq. 12
+phase must not be short: its perceptual term first darkens every SR output (mean magnitude 0.33
+-> 0.21 within 100 steps) and only the next ~200 steps bring the brightness back
+(docs/joint_recsr_regime.md, "eq. 12 length"), so the cpu presets train 400 steps. An L1
+warm-up before eq. 12 (ESRGAN's PSNR-oriented start, in the cpu presets until 2026-12-06) gave
+no row more than 0.1 dB better over three seeds, and in some seeds left the sequential models
+up to 1.6 dB and SR 3.6 dB lower (docs/joint_recsr_regime.md, "The paper's start").
 
 Outputs in the workdir: ``table1_<mask>.md/.json``, ``table3_<mask>.md/.json``,
 ``fig4_<mask>.png`` (ablation, error maps, zoom box), ``fig5_<mask>.png`` (comparison); one
@@ -135,7 +135,6 @@ class Preset(SplitPreset):
     cg_iters: int = 30
     cg_lam: float = 1e-3
     snr_db: float | None = 30.0
-    warmup_steps: int = 0
 
     def __post_init__(self):
         fractions = tuple(self.halve_at)
@@ -160,34 +159,32 @@ PRESETS = {
         table1=("SR", "Proposed"), table3=("CG-SENSE+bicubic", "Proposed"),
         sr_features=8, sr_growth=4, sr_blocks=1, cond_features=4, rec_features=8, rec_growth=4,
         rec_blocks=1, deq_tol=1e-2, deq_max_iter=3, disc_features=(8, 16), modl_iterations=2,
-        modl_features=8, steps=2, warmup_steps=1, batch_size=2, learning_rate=1e-3,
+        modl_features=8, steps=2, batch_size=2, learning_rate=1e-3,
         halve_at=(0.5,), cg_iters=5,
     ),
     "cpu": Preset(
-        description="python -m experiments.joint_recsr: 10-11 minutes on 2 CPU cores "
-        "(measured 2026-12-05 on a clean clone, idle 2-core Intel Xeon: 10.3 / 11.0 / 10.1 "
-        "minutes for seeds 0-2, peak RSS 6.9 GB); 64x64 HR slices (32x32 LR), "
-        "8 coils, noisy references (k-space SNR 12 dB, chosen from the non-method rows), 1-D "
-        "Gaussian 2.5x + x2 SR (5x), 64 training slices, small networks (16 features, 2 RRDB-"
-        "SFT blocks, DEQ <= 6 iterations, MoDL 3 iterations with CG data consistency); every "
-        "model gets 400 Adam steps (batch 4): models with an SR output 100 warm-up steps on "
-        "pixel + reconstruction L1 (ESRGAN's PSNR-oriented start; not in the paper) then 300 "
-        "on eq. 12 (learning rate 1e-3, halved at 150 and 225), reconstruction-only models 400 "
-        "on L1; CG-SENSE lambda 1e-2 (best on the validation split). The eq. 12 phase is 300 "
-        "steps because its first 100 darken every SR output (the perceptual term) and the "
-        "next 200 undo it (SR model, 12 validation slices: 15.6 dB after 250 + 100 steps, 19.6"
-        " after 100 + 300). All of Table 1 (SR, Recon, Recon-SR, Recon+SR, Proposed) and "
-        "Table 3 (CG-SENSE+bicubic, MoDL+bicubic, Proposed). Paper claims to check: Proposed "
-        "best PSNR/SSIM/LPIPS; joint above sequential. Seeds 0 / 1 / 2 (PSNR dB): Proposed "
-        "22.33 / 21.77 / 22.09, Recon+SR 21.99 / 20.91 / 21.69, Recon-SR 22.16 / 20.81 / "
-        "21.58, Recon 22.56 / 22.48 / 22.55, SR 19.52 / 18.89 / 15.06, CG-SENSE+bicubic 24.01,"
-        " MoDL+bicubic 24.52-24.53 (paper: CG-SENSE+bicubic 22.41, learned rows 28.9-30.3; "
-        "see docs/joint_recsr_regime.md).",
+        description="python -m experiments.joint_recsr: 11 minutes on 2 CPU cores "
+        "(measured 2026-12-06, idle 2-core Intel Xeon: 11.0 / 11.2 / 11.0 minutes for seeds "
+        "0-2, peak RSS 3.6 GB); 64x64 HR slices (32x32 LR), 8 coils, noisy references (k-space "
+        "SNR 12 dB, chosen from the non-method rows), 1-D Gaussian 2.5x + x2 SR (5x), 64 "
+        "training slices, small networks (16 features, 2 RRDB-SFT blocks, DEQ <= 6 iterations, "
+        "MoDL 3 iterations with CG data consistency); every model gets 400 Adam steps (batch 4) "
+        "from random weights, as in the paper: eq. 12 for the models with an SR output (learning "
+        "rate 1e-3, halved at 200 and 300), L1 for the reconstruction-only models; CG-SENSE "
+        "lambda 1e-2 (best on the validation split). 400 steps because the first 100 of eq. 12 "
+        "darken every SR output (the perceptual term) and the next 200 undo it "
+        "(docs/joint_recsr_regime.md, \"eq. 12 length\"). All of Table 1 (SR, Recon, Recon-SR, "
+        "Recon+SR, Proposed) and Table 3 (CG-SENSE+bicubic, MoDL+bicubic, Proposed). Paper "
+        "claims to check: Proposed best PSNR/SSIM/LPIPS; joint above sequential. Seeds 0 / 1 / "
+        "2 (PSNR dB): Proposed 22.25 / 22.23 / 22.40, Recon+SR 22.29 / 22.24 / 22.03, Recon-SR "
+        "22.10 / 22.38 / 22.00, Recon 22.61 / 22.51 / 22.57, SR 19.48 / 19.53 / 18.66, "
+        "CG-SENSE+bicubic 24.01, MoDL+bicubic 24.54-24.57 (paper: CG-SENSE+bicubic 22.41, "
+        "learned rows 28.9-30.3; see docs/joint_recsr_regime.md).",
         image_size=64, num_coils=8, num_train=64, num_test=24, masks=("gauss1d",),
         table1=TABLE1, table3=TABLE3,
         sr_features=16, sr_growth=8, sr_blocks=2, cond_features=8, rec_features=16,
         rec_growth=8, rec_blocks=1, deq_tol=1e-2, deq_max_iter=6, disc_features=(16, 32, 64),
-        modl_iterations=3, modl_features=16, steps=300, warmup_steps=100, batch_size=4,
+        modl_iterations=3, modl_features=16, steps=400, batch_size=4,
         learning_rate=1e-3, halve_at=(0.5, 0.75), snr_db=REFERENCE_SNR_DB, cg_lam=1e-2,
     ),
     "paper": Preset(
@@ -217,14 +214,15 @@ PRESETS["cpu-long"] = dataclasses.replace(
     PRESETS["cpu"],
     description="python -m experiments.joint_recsr --preset cpu-long: as cpu at the paper's "
     "LR-to-HR scale of detail: 128x128 HR slices (64x64 LR) and the paper's 12 coils; the same "
-    "networks, steps (100 L1 warm-up + 300 eq. 12, 400 for reconstruction-only models), SNR "
-    "12 dB and CG-SENSE lambda 1e-2 (best on the 128 px validation split as well). "
-    "Seed 0 (24 test slices, PSNR / SSIM; paper in brackets): Recon-SR 26.38 / 0.827 "
-    "(29.27 / 0.832), Recon+SR 26.30 / 0.826 (29.40 / 0.863), MoDL+bicubic 28.20 / 0.862 "
-    "(29.33 / 0.846), Recon 26.59 / 0.831 (30.23 / 0.848), SR 23.32 / 0.770 (28.88 / 0.846), "
-    "CG-SENSE+bicubic 27.37 / 0.842 (22.41 / 0.581), Proposed 25.91 / 0.824 (30.32 / 0.868). "
-    "31 minutes on 2 idle CPU cores (seed 0, 3324 s user, measured 2026-12-05 on a clean "
-    "clone, Intel Xeon); peak RSS 10.5 GB, so it needs about 11 GiB of memory.",
+    "networks, steps (400 from random weights: eq. 12, or L1 for reconstruction-only models), "
+    "SNR 12 dB and CG-SENSE lambda 1e-2 (best on the 128 px validation split as well). "
+    "Seed 0 (24 test slices, PSNR / SSIM; paper in brackets): Recon-SR 26.26 / 0.829 "
+    "(29.27 / 0.832), Recon+SR 26.48 / 0.830 (29.40 / 0.863), MoDL+bicubic 28.24 / 0.863 "
+    "(29.33 / 0.846), Recon 26.76 / 0.834 (30.23 / 0.848), SR 23.50 / 0.766 (28.88 / 0.846), "
+    "CG-SENSE+bicubic 27.37 / 0.842 (22.41 / 0.581), Proposed 25.88 / 0.825 (30.32 / 0.868). "
+    "35 minutes on 2 CPU cores (seed 0, 3715 s user, measured 2026-12-06, Intel Xeon, the "
+    "cores shared with tests for part of it); peak RSS 10.5 GB, so it needs about 11 GiB of "
+    "memory.",
     image_size=128, num_coils=12)
 
 
@@ -375,12 +373,6 @@ def _inputs(method: str, split: dict, n: int) -> tuple:
     return b["zero_filled"], b["kspace"], b["mask"], b["maps"]
 
 
-def warmup_weights(weights: jr.LossWeights) -> jr.LossWeights:
-    """The PSNR-oriented loss of the warm-up phase: pixel L1 (weight 1) and the reconstruction
-    L1 of ``weights``; no perceptual or adversarial term (ESRGAN's generator initialisation)."""
-    return jr.LossWeights(perceptual=0.0, pixel=1.0, rec=weights.rec, adversarial=0.0)
-
-
 def init_generator(method: str, preset: Preset, split: dict, *, key: jax.Array,
                    conv_general_dilated=jax.lax.conv_general_dilated) -> dict:
     """The initial variables of ``method``'s model (:func:`build`), from ``key``.
@@ -393,29 +385,21 @@ def init_generator(method: str, preset: Preset, split: dict, *, key: jax.Array,
 
 
 def training_phase(method: str, preset: Preset, variables: dict, *, key: jax.Array,
-                   hr_size: int, conv_general_dilated=jax.lax.conv_general_dilated,
-                   warmup: bool = False) -> tuple[Callable, dict]:
-    """``(train_step, state)`` of one training phase of ``method`` from generator ``variables``.
+                   hr_size: int, conv_general_dilated=jax.lax.conv_general_dilated
+                   ) -> tuple[Callable, dict]:
+    """``(train_step, state)`` of ``method``'s training from generator ``variables``.
 
-    This is what :func:`train` hands to :func:`fit` (and what ``benchmarks.step_time`` times).
-
-    * ``warmup=False``, the eq. 12 phase: the generator with Adam at ``preset.learning_rate``,
-      halved at :func:`halving_steps`; a method with an adversarial term also gets a fresh
-      VGG-style discriminator (``state['discriminator']``, initialised from
-      ``fold_in(key, 1)`` on ``(1, hr_size, hr_size, 1)`` magnitudes, the same optimiser); the
-      step is :func:`jaxmri.models.joint_recsr.make_train_step` with the method's loss weights.
-    * ``warmup=True``, the PSNR-oriented start: the generator alone with Adam at a constant
-      ``preset.learning_rate``, trained on :func:`warmup_weights`.
+    This is what :func:`train` hands to :func:`fit` (and what ``benchmarks.step_time`` times):
+    the generator with Adam at ``preset.learning_rate``, halved at :func:`halving_steps`; a
+    method with an adversarial term also gets a fresh VGG-style discriminator
+    (``state['discriminator']``, initialised from ``fold_in(key, 1)`` on ``(1, hr_size, hr_size,
+    1)`` magnitudes, the same optimiser); the step is
+    :func:`jaxmri.models.joint_recsr.make_train_step` with the method's loss weights.
 
     ``state`` is ``{'generator': TrainState[, 'discriminator': TrainState]}`` at step 0.
     """
     conv = conv_general_dilated
     module, predict, weights, rec_target = build(method, preset, conv)
-    if warmup:
-        state = {"generator": create_train_state(module, optax.adam(preset.learning_rate),
-                                                 variables)}
-        return jr.make_train_step(predict, weights=warmup_weights(weights),
-                                  rec_target=rec_target, conv_general_dilated=conv), state
     schedule = optax.piecewise_constant_schedule(
         preset.learning_rate, {step: 0.5 for step in halving_steps(preset)})
     state = {"generator": create_train_state(module, optax.adam(schedule), variables)}
@@ -430,36 +414,17 @@ def training_phase(method: str, preset: Preset, variables: dict, *, key: jax.Arr
 
 
 def train(method: str, train_split: dict, preset: Preset, workdir: Path, args) -> tuple:
-    """Train one model with :func:`fit` in ``workdir`` (resumes); ``(predict, variables)``.
-
-    Models with an SR output first train ``preset.warmup_steps`` steps on
-    :func:`warmup_weights` (in ``workdir/warmup``), then ``preset.steps`` on eq. 12 from those
-    weights with a fresh optimiser (and a new discriminator); reconstruction-only models (L1
-    loss) train ``warmup_steps + steps`` steps, so every model gets the same number of updates.
-    The paper preset has no warm-up. Each phase is :func:`training_phase`.
-    """
+    """Train one model for ``preset.steps`` with :func:`fit` in ``workdir`` (resumes) from
+    random weights (:func:`init_generator`, :func:`training_phase`); ``(predict, variables)``."""
     conv = args.conv_general_dilated
-    predict, weights = build(method, preset, conv)[1:3]
+    predict = build(method, preset, conv)[1]
     steps, batch_size = preset.steps, preset.batch_size
     key = jax.random.PRNGKey(args.seed)
     batch_fn = random_batches(train_split, batch_size=batch_size, seed=args.seed)
     variables = init_generator(method, preset, train_split, key=key, conv_general_dilated=conv)
-    phase = functools.partial(training_phase, method, preset, key=key,
-                              hr_size=train_split["target"].shape[-1],
-                              conv_general_dilated=conv)
-    warmup = preset.warmup_steps if weights.pixel > 0 else 0
-    if weights.pixel == 0:
-        # Reconstruction-only models (L1 throughout) get as many updates as the others.
-        steps += preset.warmup_steps
-    if warmup:
-        train_step, state = phase(variables, warmup=True)
-        state = fit(train_step=train_step, state=state, batch_fn=batch_fn, num_steps=warmup,
-                    key=jax.random.fold_in(key, 3), workdir=workdir / "warmup",
-                    checkpoint_every=max(warmup // 2, 1), keep_checkpoints=1,
-                    log_every=max(warmup // 10, 1), resume=args.resume,
-                    desc=f"{method} warm-up ({workdir.parent.name})")
-        variables = state["generator"].variables()
-    train_step, state = phase(variables)
+    train_step, state = training_phase(method, preset, variables, key=key,
+                                       hr_size=train_split["target"].shape[-1],
+                                       conv_general_dilated=conv)
     state = fit(train_step=train_step, state=state, batch_fn=batch_fn, num_steps=steps,
                 key=jax.random.fold_in(key, 2), workdir=workdir,
                 checkpoint_every=max(steps // 2, 1), keep_checkpoints=1,
