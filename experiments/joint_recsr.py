@@ -216,13 +216,12 @@ PRESETS["cpu-long"] = dataclasses.replace(
     "LR-to-HR scale of detail: 128x128 HR slices (64x64 LR) and the paper's 12 coils; the same "
     "networks, steps (400 from random weights: eq. 12, or L1 for reconstruction-only models), "
     "SNR 12 dB and CG-SENSE lambda 1e-2 (best on the 128 px validation split as well). "
-    "Seed 0 (24 test slices, PSNR / SSIM; paper in brackets): Recon-SR 26.26 / 0.829 "
-    "(29.27 / 0.832), Recon+SR 26.48 / 0.830 (29.40 / 0.863), MoDL+bicubic 28.24 / 0.863 "
-    "(29.33 / 0.846), Recon 26.76 / 0.834 (30.23 / 0.848), SR 23.50 / 0.766 (28.88 / 0.846), "
-    "CG-SENSE+bicubic 27.37 / 0.842 (22.41 / 0.581), Proposed 25.88 / 0.825 (30.32 / 0.868). "
-    "35 minutes on 2 CPU cores (seed 0, 3715 s user, measured 2026-12-06, Intel Xeon, the "
-    "cores shared with tests for part of it); peak RSS 10.5 GB, so it needs about 11 GiB of "
-    "memory.",
+    "Seeds 0 / 1 / 2 (24 test slices, PSNR dB; paper in brackets): Recon-SR 26.26 / 26.02 / "
+    "24.83 (29.27), Recon+SR 26.48 / 26.16 / 26.08 (29.40), MoDL+bicubic 28.24 / 28.38 / 28.23 "
+    "(29.33), Recon 26.68-26.76 (30.23), SR 23.50 / 23.21 / 21.75 (28.88), CG-SENSE+bicubic "
+    "27.37 (22.41), Proposed 25.88 / 26.19 / 26.13 (30.32). 36 minutes on 2 idle CPU cores "
+    "(seed 2, 3956 s user, measured 2026-12-06, Intel Xeon); peak RSS 10.5 GB, so it needs "
+    "about 11 GiB of memory.",
     image_size=128, num_coils=12)
 
 
