@@ -108,6 +108,9 @@ class Preset:
     acceleration: float = 4.0
     center_fraction: float = 0.08
     snr_db: float = 30.0
+    # The target: False, the noiseless template; True, the fully sampled noisy scan, which is
+    # what fastMRI's ground truth is (jaxmri.data.simulate, "Reference").
+    noisy_reference: bool = False
     coil_radius: float = 1.5
     ablation_coeffs: tuple[float, ...] = (0.6, 0.8)
     regime_recon_models: tuple[int, ...] = (1,)
@@ -203,7 +206,8 @@ def load_acquisitions(data: str | None, preset: Preset, seed: int,
         acq = acquire_slices(slices, np.arange(n), mask_fn=mask_fn,
                              seed=1000 * seed + SPLIT_SEEDS.get(split, 3),
                              num_coils=preset.num_coils, snr_db=preset.snr_db,
-                             coil_radius=preset.coil_radius)
+                             coil_radius=preset.coil_radius,
+                             noisy_reference=preset.noisy_reference)
         out[split] = {k: acq[k] for k in ("target", "kspace", "mask", "maps", "zero_filled")}
         out[split]["recon_input"] = recon_input_images(preset, out[split])
     return out

@@ -5,7 +5,9 @@ Every function returns an *acquisition dict* of numpy arrays (``N`` slices, ``C`
 =================  ==================  ==========  ============================================
 key                shape               dtype       meaning
 =================  ==================  ==========  ============================================
-``target``         ``(N, H, W)``       complex64   noiseless complex image ``x``
+``target``         ``(N, H, W)``       complex64   noiseless complex image ``x`` (with
+                                                   ``noisy_reference``: the fully sampled
+                                                   scan ``x + S^H F^-1 n``, see below)
 ``kspace``         ``(N, C, H, W)``    complex64   measured k-space ``M (F S x + n)``, 0 where
                                                    the mask is 0
 ``mask``           ``(N, H, W)``       float32     0/1 sampling mask ``M``
@@ -35,6 +37,13 @@ samples the mask keeps are drawn (the mask multiplies the others by 0, so ``M (F
 the same distribution, from a quarter of the draws for a 4x mask): the real parts at the kept
 samples of the ``(C, H, W)`` array in row-major order, then the imaginary parts likewise.
 ``snr_db=None`` adds none.
+
+Reference: by default the target is the noiseless image ``x``. ``noisy_reference=True`` makes it
+what fastMRI calls the ground truth, the coil combination of the *fully sampled noisy* scan,
+``sum_c conj(S_c) ifft2c(F S_c x + n_c) = x + S^H F^-1 n`` (per-pixel noise variance
+``sigma^2``), and the measured k-space is that scan's masked samples ``M (F S x + n)``: the noise
+on the measured lines is the reference's own, as in retrospectively undersampled data. Noise is
+then drawn at every sample (real parts of the whole ``(C, H, W)`` array, then imaginary parts).
 
 Phase: ``x = |image| exp(i phi)`` with ``phi = max_phase * f / max|f|``, ``f`` the real part of
 the inverse FFT of i.i.d. complex Gaussian coefficients on the k-space disc of radius
@@ -215,6 +224,7 @@ def simulate_acquisition(
     max_phase: float = np.pi,
     phase_cutoff: float = 2.0,
     coil_radius: float = 1.5,
+    noisy_reference: bool = False,
 ) -> dict[str, np.ndarray]:
     """Simulate a multi-coil (or single-coil) Cartesian acquisition of magnitude slices.
 
@@ -232,6 +242,8 @@ def simulate_acquisition(
       coil_radius: radius of the coil circle in units of the half field of view, see
         :func:`jaxmri.physics.sense.simulate_coil_maps` (1.5: coils well outside the image;
         1.0: coils on the inscribed circle, close to a head that fills the field of view).
+      noisy_reference: the target is the fully sampled noisy scan (fastMRI's ground truth)
+        instead of the noiseless image; see the module docstring.
 
     Returns:
       The acquisition dict described in the module docstring.
@@ -255,13 +267,18 @@ def simulate_acquisition(
     target = np.empty((n, height, width), np.complex64)
     target.real = magnitude * np.cos(phases)
     target.imag = magnitude * np.sin(phases)
-    kspace = host_fft2c(maps[None] * target[:, None]) * masks[:, None]
+    # With a noisy reference the whole scan is acquired (and noisy) before the mask applies.
+    acquired = np.ones_like(masks) if noisy_reference else masks
+    kspace = host_fft2c(maps[None] * target[:, None]) * acquired[:, None]
     if snr_db is None:
         noise_std = np.zeros(n)
     else:
         signal_power = np.mean(np.square(magnitude, dtype=np.float64), axis=(1, 2)) / len(maps)
         noise_std = np.sqrt(signal_power / 10.0 ** (snr_db / 10.0))
-        _add_masked_noise(kspace, masks, noise_std, rngs)
+        _add_masked_noise(kspace, acquired, noise_std, rngs)
+    if noisy_reference:
+        target = host_sense_adjoint(kspace, maps)
+        kspace = kspace * masks[:, None]
     return _finish(target, kspace, np.broadcast_to(maps, (n, *maps.shape)), masks, accs,
                    noise_std, ids)
 
@@ -320,13 +337,15 @@ def acquire_slices(
     fixed_mask: bool = False,
     coil_radius: float = 1.5,
     max_phase: float = np.pi,
+    noisy_reference: bool = False,
 ) -> dict[str, np.ndarray]:
     """One batch: the acquisition of ``slices`` at ``indices`` (the indices seed the slices).
 
     Uses :func:`acquisition_from_kspace` when the slices dict has measured ``kspace``
     (fastMRI), else :func:`simulate_acquisition` on ``slices["image"]`` (``num_coils``,
-    ``snr_db``, ``coil_radius`` and ``max_phase`` apply to that simulation only; ``max_phase=0``
-    simulates real-valued images). ``labels``, if present, are passed through as ``labels``
+    ``snr_db``, ``coil_radius``, ``max_phase`` and ``noisy_reference`` apply to that simulation
+    only; ``max_phase=0`` simulates real-valued images; measured data are their own noisy
+    reference). ``labels``, if present, are passed through as ``labels``
     ``(B, H, W)`` ``uint8``.
     """
     indices = np.asarray(indices)
@@ -337,7 +356,7 @@ def acquire_slices(
         out = simulate_acquisition(slices["image"][indices], mask_fn=mask_fn, seed=seed,
                                    slice_index=indices, num_coils=num_coils, snr_db=snr_db,
                                    fixed_mask=fixed_mask, coil_radius=coil_radius,
-                                   max_phase=max_phase)
+                                   max_phase=max_phase, noisy_reference=noisy_reference)
     if "labels" in slices:
         out["labels"] = slices["labels"][indices]
     return out

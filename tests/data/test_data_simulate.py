@@ -142,6 +142,35 @@ def test_undersampled_noise_has_the_snr_variance_where_the_mask_keeps(images):
     assert np.all(out["kspace"][~kept] == 0)
 
 
+def test_noisy_reference_is_the_fully_sampled_scan_whose_lines_are_measured(images):
+    """noisy_reference: the target is x + S^H F^-1 n (per-pixel noise variance sigma^2), the
+    measured lines carry that same noise, and without noise nothing changes."""
+    clean = simulate_acquisition(images, mask_fn=MASK, seed=7, num_coils=4, snr_db=None)
+    same = simulate_acquisition(images, mask_fn=MASK, seed=7, num_coils=4, snr_db=None,
+                                noisy_reference=True)
+    for key in ("target", "kspace", "mask", "maps"):
+        np.testing.assert_allclose(same[key], clean[key], atol=1e-5)
+    noisy = simulate_acquisition(images, mask_fn=MASK, seed=7, num_coils=4, snr_db=10.0,
+                                 noisy_reference=True)
+    np.testing.assert_array_equal(noisy["mask"], clean["mask"])  # masks are drawn first
+    sigma2 = noisy["noise_std"][:, None, None] ** 2
+    reference_noise = noisy["target"] - clean["target"]
+    assert np.mean(np.abs(reference_noise) ** 2 / sigma2) == pytest.approx(1.0, abs=0.06)
+    kept = np.broadcast_to(noisy["mask"][:, None] == 1, noisy["kspace"].shape)
+    assert np.all(noisy["kspace"][~kept] == 0)
+    line_noise = (noisy["kspace"] - clean["kspace"])[kept]
+    assert np.mean(np.abs(line_noise) ** 2) / np.mean(sigma2) == pytest.approx(1.0, abs=0.06)
+    # One coil (a unit-magnitude map): the measured lines are exactly the reference's k-space.
+    single = simulate_acquisition(images, mask_fn=MASK, seed=7, num_coils=1, snr_db=10.0,
+                                  noisy_reference=True)
+    np.testing.assert_allclose(single["kspace"][:, 0],
+                               single["mask"] * np_fft2c(single["maps"][:, 0] * single["target"]),
+                               atol=1e-4)
+    # The default keeps the noiseless image as the target.
+    default = simulate_acquisition(images, mask_fn=MASK, seed=7, num_coils=4, snr_db=10.0)
+    np.testing.assert_allclose(default["target"], clean["target"], atol=1e-6)
+
+
 @pytest.mark.parametrize("num_coils", [1, 3])
 def test_full_mask_without_noise_recovers_target(images, num_coils):
     out = simulate_acquisition(images, mask_fn=full_mask, seed=0, num_coils=num_coils,

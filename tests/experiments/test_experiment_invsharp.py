@@ -74,6 +74,24 @@ def test_every_row_gets_the_same_final_dc(smoke_run):
         invsharp.final_dc(recon, test, 4, kind="soft")
 
 
+def test_noisy_reference_preset_makes_the_target_the_noisy_scan():
+    # Preset.noisy_reference reaches the simulation: the target gains the k-space noise
+    # (per-pixel variance noise_std^2), and the measured lines and masks are those of the same
+    # scan, so the default (noiseless) target stays the noiseless image.
+    import dataclasses
+
+    preset = invsharp.PRESETS["smoke"]
+    clean = invsharp.load_acquisitions(None, preset, 0, splits=("test",))["test"]
+    noisy = invsharp.load_acquisitions(
+        None, dataclasses.replace(preset, noisy_reference=True), 0, splits=("test",))["test"]
+    np.testing.assert_array_equal(noisy["mask"], clean["mask"])
+    # sigma^2 from the SNR definition (jaxmri.data.simulate): mean |x|^2 / C / 10^(SNR / 10).
+    sigma2 = (np.mean(np.abs(clean["target"]) ** 2, axis=(1, 2)) / preset.num_coils
+              / 10 ** (preset.snr_db / 10))
+    noise_power = np.mean(np.abs(noisy["target"] - clean["target"]) ** 2, axis=(1, 2))
+    assert np.mean(noise_power / sigma2) == pytest.approx(1.0, abs=0.15)
+
+
 def test_recon_input_is_the_regularised_cg_sense_solution():
     # The recon models start from CG-SENSE: the image must satisfy the normal equations
     # (A^H A + lam I) x = A^H y (checked with the dense operator), be far closer to the target
