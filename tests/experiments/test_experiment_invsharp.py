@@ -75,9 +75,8 @@ def test_every_row_gets_the_same_final_dc(smoke_run):
 
 
 def test_noisy_reference_preset_makes_the_target_the_noisy_scan():
-    # Preset.noisy_reference reaches the simulation: the target gains the k-space noise
-    # (per-pixel variance noise_std^2), and the measured lines and masks are those of the same
-    # scan, so the default (noiseless) target stays the noiseless image.
+    # Preset.noisy_reference reaches the simulation: with the same masks, the target gains the
+    # k-space noise with per-pixel variance sigma^2 (the library test checks the rest).
     import dataclasses
 
     preset = invsharp.PRESETS["smoke"]
