@@ -266,6 +266,7 @@ def build_joint_recsr(preset, flags, workdir: Path) -> Method:
     """The proposed SFT model and the trained Table 1 / Table 3 rows of the first mask."""
     from experiments import joint_recsr as jrx
 
+    preset = jrx.preset_from_flags(preset, flags)
     size, lr, coils = preset.image_size, preset.image_size // 2, preset.num_coils
     mask_name = preset.masks[0]
     rows = [m for m in (*preset.table1, *preset.table3) if m != "Proposed"]

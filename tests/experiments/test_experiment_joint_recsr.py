@@ -51,6 +51,59 @@ def test_simulated_split_follows_the_forward_model():
     assert np.all((ratio > 0.8) & (ratio < 1.2))
 
 
+def test_vwi_setting_samples_a_quarter_of_the_lr_grid_in_2d_with_a_full_centre():
+    """The paper's VWI setting (``poisson2d``): a 2-D Poisson-disc mask at 4x on the LR grid
+    (16x with the x2 SR) with a fully sampled calibration block, under the same forward model."""
+    slices = load_slices(None, image_size=32, split="val")
+    data = exp.simulate_split(slices, np.arange(3), mask_name="poisson2d", seed=1, num_coils=4,
+                              snr_db=None)
+    mask = data["mask"]
+    assert mask.shape == (3, 16, 16)
+    # 4x within the mask's tolerance, +-4 samples on this tiny grid (16 / 16**2 relative).
+    np.testing.assert_allclose(mask.sum(axis=(1, 2)), 64, atol=4)
+    # Calibration block max(4, 16 // 8) = 4 at the centre (index 8 = DC of the centred FFT).
+    np.testing.assert_array_equal(mask[:, 6:10, 6:10], 1.0)
+    # Two-dimensional: unlike gauss1d, sampled columns are not fully sampled.
+    assert np.any(mask.min(axis=-2) != mask.max(axis=-2))
+    truth = acquire_slices(slices, np.arange(3), mask_fn=exp._full_mask, seed=1, num_coils=4,
+                           snr_db=None)
+    full = _fft2c(truth["maps"] * truth["target"][:, None])
+    np.testing.assert_allclose(data["kspace"], mask[:, None] * full[..., 8:24, 8:24] / 2,
+                               atol=1e-5)
+
+
+def test_masks_flag_selects_the_papers_settings_also_from_run_json():
+    import argparse
+
+    assert exp.mask_settings("poisson2d") == ("poisson2d",)
+    assert exp.mask_settings("gauss1d, poisson2d") == ("gauss1d", "poisson2d")
+    for bad, says in (("vwi", "unknown mask setting 'vwi'"), ("poisson2d,poisson2d", "twice")):
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            exp.mask_settings(bad)
+    cpu = exp.PRESETS["cpu"]
+    unset = argparse.Namespace(steps=None, batch_size=None, masks=None)
+    assert exp.preset_from_flags(cpu, unset) == cpu
+    # run.json stores the tuple as a list; predict must rebuild the same preset.
+    recorded = argparse.Namespace(steps=7, batch_size=None, masks=["poisson2d"])
+    assert exp.preset_from_flags(cpu, recorded) == dataclasses.replace(
+        cpu, steps=7, masks=("poisson2d",))
+    # The VWI rows are judged against the paper's VWI tables, not the brain ones.
+    claims = exp.paper_claims({"poisson2d": ["Recon+SR", "Proposed"]})
+    assert claims[0].paper == "32.91 vs 32.72 (VWI, Tables 2/4)"
+    assert [r.paper_psnr for r in exp.regime_rows({"poisson2d": ["CG-SENSE+bicubic"]})] == [26.15]
+
+
+@pytest.mark.slow
+def test_smoke_run_of_the_vwi_setting_writes_its_tables_and_claims(tmp_path):
+    out = exp.main(["--preset", "smoke", "--masks", "poisson2d", "--workdir", str(tmp_path)])
+    assert list(out) == ["poisson2d"]
+    assert (tmp_path / "poisson2d" / "Proposed").is_dir() and not (tmp_path / "gauss1d").exists()
+    table = json.loads((tmp_path / "table3_poisson2d.json").read_text())
+    assert table["CG-SENSE+bicubic"]["PSNR"]["mean"] > 15.0
+    rows = {"poisson2d": ["SR", "Proposed", "CG-SENSE+bicubic"]}
+    assert_claims_recompute(tmp_path, exp.paper_claims(rows), exp.regime_rows(rows))
+
+
 def test_every_model_trains_on_its_papers_loss():
     """Eq. 12 with the paper's weights for the models with an SR output (SR has no
     reconstruction term), L1 alone for the reconstruction-only models."""
