@@ -256,10 +256,10 @@ def mask_function(name: str, lr_size: int) -> Callable:
 def mask_settings(text: str) -> tuple[str, ...]:
     """``--masks`` parser: comma-separated settings of :data:`MASK_SETTINGS`, each once."""
     names = tuple(n.strip() for n in text.split(","))
-    unknown = [n for n in names if n not in MASK_SETTINGS]
-    if unknown or not names:
+    unknown = [n for n in names if n not in MASK_SETTINGS]  # '' too: "--masks ''" or "a,"
+    if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown mask setting {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"unknown mask setting {', '.join(map(repr, unknown))}; "
             f"choose from {', '.join(MASK_SETTINGS)} (comma-separated)")
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"a mask setting is named twice in {text!r}")
