@@ -1,6 +1,12 @@
 """IFR-Net (Liu et al., paper 002): unrolled iterative feature refinement for CS-MRI.
 
-``python -m experiments.ifrnet [--preset smoke|cpu|paper] [--workdir DIR] [--ablations] ...``
+``python -m experiments.ifrnet [--preset smoke|cpu|paper] [--workdir DIR] [--masks SETTINGS]
+[--ablations] ...``
+
+``--masks`` picks the mask settings to run from the paper's Tables IV and V (``radial10``,
+``radial20``, ``radial30``, ``radial40``, ``1d_random``, ``2d_random``, ``radial25``; default: the
+preset's); e.g. ``--masks radial10,radial30,radial40`` runs the Table IV rates that the cpu
+preset leaves out.
 
 Real-valued pipeline (the paper's amplitude-image experiments, Tables IV and V), per slice:
 
@@ -75,6 +81,7 @@ from jaxmri.train.cli import (
     check_batch_size,
     exit_on_user_error,
     experiment_parser,
+    name_list,
     override_preset,
     run_experiment,
 )
@@ -504,6 +511,11 @@ PAPER = {
     "radial25": {"IFR-CS": (35.2254, 0.4566, 0.9336), "ADMM-Net": (35.6067, 0.4742, 0.9374),
                  "IFR-Net": (36.7340, 0.4277, 0.9465)},
 }
+TABLE_IV_SETTINGS = ("radial10", "radial20", "radial30", "radial40")
+# Every setting with the paper's numbers, Table IV's pseudo-radial rates first, then Table V.
+MASK_SETTINGS = tuple(PAPER)
+# ``--masks`` parser: comma-separated settings of MASK_SETTINGS, each once.
+mask_settings = name_list(MASK_SETTINGS, "mask setting")
 _COLUMN = {"PSNR": 0, "HFEN": 1, "SSIM": 2}
 _HIGHER = {"PSNR": True, "HFEN": False, "SSIM": True}
 # (method, baseline, metrics): IFR-Net is best everywhere (the paper's headline); IFR-CS against
@@ -517,7 +529,7 @@ def paper_claims(settings: Sequence[str]) -> list[Claim]:
     claims = []
     for setting in settings:
         paper = PAPER[setting]
-        table = "IV" if setting in ("radial10", "radial20", "radial30", "radial40") else "V"
+        table = "IV" if setting in TABLE_IV_SETTINGS else "V"
         for method, baseline, metrics in _PAIRS:
             for metric in metrics:
                 ours, theirs = paper[method][_COLUMN[metric]], paper[baseline][_COLUMN[metric]]
@@ -546,11 +558,37 @@ def regime_rows(settings: Sequence[str]) -> list[RegimeRow]:
     return rows
 
 
+def preset_from_flags(preset: Preset, args) -> Preset:
+    """``preset`` with the flags' overrides (``--steps``, ``--batch-size``, ``--masks``; a flag left
+    unset keeps the preset's value). ``args``: the parsed command line or the flags recorded in
+    ``run.json`` (where ``masks`` is a list). ``--masks`` settings of Table IV become
+    ``table_iv_rates``, the others ``table_v_masks``, each in the order given."""
+    masks = getattr(args, "masks", None)
+    rates = table_v = None
+    if masks is not None:
+        rates = tuple(int(m[len("radial"):]) / 100 for m in masks if m in TABLE_IV_SETTINGS)
+        table_v = tuple(m for m in masks if m not in TABLE_IV_SETTINGS)
+    return override_preset(preset, steps=args.steps, batch_size=args.batch_size,
+                           table_iv_rates=rates, table_v_masks=table_v)
+
+
+def mask_settings_of(preset: Preset) -> list[str]:
+    """The mask settings a run of ``preset`` trains and evaluates, in order: Table IV's, then
+    Table V's (``radial20`` for the rate 0.2)."""
+    table_iv = [f"radial{round(100 * r)}" for r in preset.table_iv_rates]
+    return list(dict.fromkeys(table_iv + list(preset.table_v_masks)))
+
+
 @exit_on_user_error()
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the experiment; returns ``{'table_iv': {mask: summary}, 'table_v': {...},
     'claims': [...], 'regime': [...]}``."""
     parser = experiment_parser(__doc__, presets=PRESETS, name="ifrnet", predict=True)
+    parser.add_argument("--masks", type=mask_settings, default=None, metavar="SETTINGS",
+                        help="the mask settings to run, comma-separated: Table IV's pseudo-radial "
+                             "rates radial10, radial20, radial30, radial40 and Table V's "
+                             "1d_random, 2d_random, radial25; default: the preset's (cpu: "
+                             "radial20 and Table V; paper: all)")
     parser.add_argument("--ablations", action="store_true",
                         help="also train the IFR-Net variants of Tables II, III, IX and X")
     return run_experiment(main, parser, argv, train=run,
@@ -559,22 +597,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def run(args, setup) -> dict:
     """Train and evaluate every mask setting of the preset (``main`` without the command line)."""
-    preset = override_preset(setup.preset, steps=args.steps, batch_size=args.batch_size)
+    preset = preset_from_flags(setup.preset, args)
     workdir = setup.workdir
     check_batch_size(args.batch_size, preset.num_train, what="training slices of the preset")
     print(f"IFR-Net experiment, preset {setup.preset_name}, workdir {workdir}")
     slices = load_splits(args.data, image_size=preset.image_size,
                          orientation=preset.orientation, fractions=preset.split_fractions)
     table_iv = [f"radial{round(100 * r)}" for r in preset.table_iv_rates]
-    settings = list(dict.fromkeys(table_iv + list(preset.table_v_masks)))
+    settings = mask_settings_of(preset)
     results = {s: run_setting(s, slices, preset, workdir, args) for s in settings}
     out = {
         "table_iv": {s: results[s]["summary"] for s in table_iv},
         "table_v": {s: results[s]["summary"] for s in preset.table_v_masks},
     }
-    _combined("table_iv", "Table IV analog: pseudo-radial sampling rates", out["table_iv"],
-              workdir)
-    _combined("table_v", "Table V analog: sampling patterns at 25 %", out["table_v"], workdir)
+    for name, title in (("table_iv", "Table IV analog: pseudo-radial sampling rates"),
+                        ("table_v", "Table V analog: sampling patterns at 25 %")):
+        if out[name]:  # --masks may leave one table out
+            _combined(name, title, out[name], workdir)
     fig_setting = "2d_random" if "2d_random" in results else settings[0]
     if "IFR-Net" in results[fig_setting]["trained"]:
         module, variables = results[fig_setting]["trained"]["IFR-Net"]

@@ -42,7 +42,6 @@ subfolder per trained model (``<mask>/<method>``), so an interrupted run resumes
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import time
@@ -86,6 +85,7 @@ from jaxmri.train.cli import (
     check_batch_size,
     exit_on_user_error,
     experiment_parser,
+    name_list,
     override_preset,
     run_experiment,
 )
@@ -253,17 +253,8 @@ def mask_function(name: str, lr_size: int) -> Callable:
     raise ValueError(f"unknown mask setting {name!r}; known: {', '.join(MASK_SETTINGS)}")
 
 
-def mask_settings(text: str) -> tuple[str, ...]:
-    """``--masks`` parser: comma-separated settings of :data:`MASK_SETTINGS`, each once."""
-    names = tuple(n.strip() for n in text.split(","))
-    unknown = [n for n in names if n not in MASK_SETTINGS]  # '' too: "--masks ''" or "a,"
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown mask setting {', '.join(map(repr, unknown))}; "
-            f"choose from {', '.join(MASK_SETTINGS)} (comma-separated)")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"a mask setting is named twice in {text!r}")
-    return names
+# ``--masks`` parser: comma-separated settings of MASK_SETTINGS, each once.
+mask_settings = name_list(MASK_SETTINGS, "mask setting")
 
 
 def preset_from_flags(preset: Preset, args) -> Preset:

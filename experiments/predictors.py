@@ -174,11 +174,13 @@ def build_dsgan_sr(preset, flags, workdir: Path) -> Method:
 
 
 def build_ifrnet(preset, flags, workdir: Path) -> Method:
-    """IFR-Net and the other learned methods of the first Table IV setting, and zero-filling."""
+    """IFR-Net and the other learned methods of the run's first mask setting (its first Table IV
+    rate unless ``--masks`` left Table IV out), and zero-filling."""
     from experiments import ifrnet
 
+    preset = ifrnet.preset_from_flags(preset, flags)
     size = preset.image_size
-    setting = f"radial{round(100 * preset.table_iv_rates[0])}"
+    setting = ifrnet.mask_settings_of(preset)[0]
     learned = ("IFR-Net", *[m for m in preset.learned if m != "IFR-Net"])
     modules = {m: ifrnet.build_model(m, preset) for m in learned}
     example = {"kspace": np.zeros((1, size, size), np.complex64),

@@ -39,7 +39,7 @@ from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["ExperimentSetup", "SplitPreset", "experiment_parser", "setup_from_args",
            "preset_summary", "override_preset", "exit_on_training_stop", "exit_on_user_error",
-           "check_batch_size", "positive_int", "argv_for_seed", "repeat_over_seeds",
+           "check_batch_size", "positive_int", "name_list", "argv_for_seed", "repeat_over_seeds",
            "add_predict_flags", "run_experiment"]
 
 # Workdirs that setup_from_args created in this process (the top-most folder it made), so that
@@ -210,6 +210,30 @@ def _seed_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"expected distinct comma-separated integers >= 0 such as 0,1,2, got {text!r}")
     return seeds
+
+
+def name_list(choices: Sequence[str], what: str) -> Callable[[str], tuple[str, ...]]:
+    """argparse ``type`` for a comma-separated list of names from ``choices``, each once.
+
+    ``name_list(("gauss1d", "poisson2d"), "mask setting")("gauss1d, poisson2d")`` is
+    ``("gauss1d", "poisson2d")`` (the order given, spaces stripped); an unknown, empty or
+    repeated name is a one-line ``ArgumentTypeError`` that names it (``what`` says what a name
+    is) and lists the choices.
+    """
+    choices = tuple(choices)
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(","))
+        unknown = [n for n in names if n not in choices]  # '' too: "--masks ''" or "a,"
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(map(repr, unknown))}; "
+                f"choose from {', '.join(choices)} (comma-separated)")
+        if len(set(names)) != len(names):
+            raise argparse.ArgumentTypeError(f"a {what} is named twice in {text!r}")
+        return names
+
+    return parse
 
 
 def _coordinator(text: str) -> str:

@@ -231,6 +231,57 @@ def test_paper_claims_follow_the_tables():
         ("2d_random: ADMM-Net", 34.0650)]
 
 
+def test_masks_flag_picks_table_iv_rates_and_table_v_masks_also_from_run_json():
+    assert exp.mask_settings("radial10, radial40") == ("radial10", "radial40")
+    for bad, says in (("radial15", "unknown mask setting 'radial15'"), ("", "unknown"),
+                      ("2d_random,2d_random", "twice")):
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            exp.mask_settings(bad)
+    cpu = exp.PRESETS["cpu"]
+    assert exp.mask_settings_of(cpu) == ["radial20", "1d_random", "2d_random", "radial25"]
+    unset = argparse.Namespace(steps=None, batch_size=None, masks=None)
+    assert exp.preset_from_flags(cpu, unset) == cpu
+    # run.json stores the tuple as a list; predict must rebuild the same preset.
+    recorded = argparse.Namespace(steps=5, batch_size=None,
+                                  masks=["radial40", "1d_random", "radial10"])
+    preset = exp.preset_from_flags(cpu, recorded)
+    assert preset == dataclasses.replace(cpu, steps=5, table_iv_rates=(0.4, 0.1),
+                                         table_v_masks=("1d_random",))
+    assert exp.mask_settings_of(preset) == ["radial40", "radial10", "1d_random"]
+    # Table V alone leaves Table IV empty (and radial25 belongs to Table V).
+    only_v = exp.preset_from_flags(cpu, argparse.Namespace(steps=None, batch_size=None,
+                                                           masks=["radial25", "2d_random"]))
+    assert only_v.table_iv_rates == () and exp.mask_settings_of(only_v) == ["radial25",
+                                                                             "2d_random"]
+    # The other Table IV rates are judged against the paper's numbers at their rate.
+    assert [(r.row, r.paper_psnr, r.paper_ssim) for r in exp.regime_rows(["radial40"])][1:] == [
+        ("radial40: IFR-CS", 38.1590, 0.9627), ("radial40: ADMM-Net", 37.6589, 0.9585)]
+    assert [c.paper for c in exp.paper_claims(["radial30"]) if c.method.endswith("IFR-CS")] == [
+        "36.2397 vs 36.1112 (Table IV)", "0.9449 vs 0.9439 (Table IV)"]
+
+
+@pytest.mark.slow
+def test_smoke_run_of_other_table_iv_rates_writes_them_and_predicts_from_them(tmp_path):
+    out = exp.main(["--preset", "smoke", "--masks", "radial40", "--workdir", str(tmp_path)])
+    assert list(out["table_iv"]) == ["radial40"] and out["table_v"] == {}
+    assert (tmp_path / "radial40" / "IFR-Net").is_dir() and not (tmp_path / "radial20").exists()
+    assert not (tmp_path / "table_v.md").exists()
+    assert_claims_recompute(tmp_path, exp.paper_claims(["radial40"]),
+                            exp.regime_rows(["radial40"]))
+    # --predict rebuilds the run from run.json: its models lie under radial40/ only.
+    import nibabel as nib
+    from nilearn.datasets import load_mni152_template
+
+    template = load_mni152_template(resolution=2)
+    nifti = tmp_path / "user.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(template.get_fdata(), np.float32)[:, :, 40:43],
+                             template.affine), nifti)
+    (result,) = exp.main(["--workdir", str(tmp_path), "--predict", str(nifti), "--out",
+                          str(tmp_path / "out")])
+    predicted = nib.load(tmp_path / "out" / "user.nii.gz").get_fdata()
+    assert np.all(np.isfinite(predicted)) and predicted.max() > 0 and result["metrics"]
+
+
 @pytest.mark.slow
 def test_smoke_run_claims_equal_statistics_of_its_per_slice_json(tmp_path):
     out = exp.main(["--preset", "smoke", "--workdir", str(tmp_path)])
