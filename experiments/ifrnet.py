@@ -17,7 +17,11 @@ Real-valued pipeline (the paper's amplitude-image experiments, Tables IV and V),
    image: ``y_r = M F r + n``. So the noise and mask are exactly ``acquire_slices``', but the
    measured object is real, as in the paper (which builds real single-channel images before
    simulating the undersampling). ``snr_db=None`` (the paper's noise-free simulation) gives
-   ``y_r = M F r``.
+   ``y_r = M F r``. With ``noisy_reference`` (``--noisy-reference SNR_DB``) the target is instead
+   the magnitude of the fully sampled noisy scan, ``r_n = |x + n|`` (``acquire_slices``'
+   ``noisy_reference``: a magnitude image with Rician noise, as a real scan's is), and the
+   measurement is its masked k-space, ``y_r = M F r_n``: the paper undersamples real scans and
+   adds no noise of its own.
 3. Every method sees ``(y_r, M)`` (or the zero-filled ``F^-1 y_r``); IFR-CS, ADMM-Net and IFR-Net
    run their real-valued variants (each reconstruction layer keeps ``Re F^-1(...)``); D5-C5 and
    the U-Net are the complex networks of :mod:`jaxmri.models.recon` (maps of ones). Metrics
@@ -43,6 +47,7 @@ own subfolder (``<mask>/<method>``), so an interrupted run resumes where it stop
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import itertools
@@ -121,6 +126,7 @@ class Preset(SplitPreset):
     ablation_steps: int
     ablation_stages: int
     snr_db: float | None = None
+    noisy_reference: bool = False
 
 
 PRESETS = {
@@ -223,18 +229,24 @@ def _ifft2c(k: np.ndarray) -> np.ndarray:
 
 
 def real_valued_acquisition(slices: dict, indices: np.ndarray, *, mask_fn: Callable, seed: int,
-                            snr_db: float | None) -> dict[str, np.ndarray]:
+                            snr_db: float | None,
+                            noisy_reference: bool = False) -> dict[str, np.ndarray]:
     """The real-valued single-coil acquisition described in the module docstring.
 
-    Returns numpy arrays: ``target`` ``(N, H, W)`` float32 (the magnitude slice), ``kspace``
-    ``(N, H, W)`` complex64 (``M F target + M n``), ``mask`` ``(N, H, W)`` float32,
-    ``zero_filled`` ``(N, H, W)`` complex64 (``F^-1 kspace``).
+    Returns numpy arrays: ``target`` ``(N, H, W)`` float32 (the magnitude slice; with
+    ``noisy_reference`` the magnitude of the fully sampled noisy scan), ``kspace`` ``(N, H, W)``
+    complex64 (``M F target + M n``; with ``noisy_reference`` ``M F target``, the noise being in
+    the target), ``mask`` ``(N, H, W)`` float32, ``zero_filled`` ``(N, H, W)`` complex64
+    (``F^-1 kspace``).
     """
     acq = acquire_slices(slices, indices, mask_fn=mask_fn, seed=seed, num_coils=1,
-                         snr_db=snr_db)
+                         snr_db=snr_db, noisy_reference=noisy_reference)
     mask, maps = acq["mask"], acq["maps"][:, 0]
-    noise = acq["kspace"][:, 0] - mask * _fft2c(maps * acq["target"])
     target = np.abs(acq["target"]).astype(np.float32)
+    if noisy_reference:
+        noise = 0.0  # the scan's noise is in the target, and the paper adds none of its own
+    else:
+        noise = acq["kspace"][:, 0] - mask * _fft2c(maps * acq["target"])
     kspace = (mask * _fft2c(target) + noise).astype(np.complex64)
     return {"target": target, "kspace": kspace, "mask": mask.astype(np.float32),
             "zero_filled": _ifft2c(kspace).astype(np.complex64)}
@@ -246,7 +258,8 @@ def load_setting(slices: dict, preset: Preset, setting: str) -> dict[str, dict]:
     counts = {"train": preset.num_train, "val": preset.num_val, "test": preset.num_test}
     return {split: real_valued_acquisition(
                 slices[split], spread_indices(len(slices[split]["image"]), count),
-                mask_fn=mask_fn, seed=SPLIT_SEEDS[split], snr_db=preset.snr_db)
+                mask_fn=mask_fn, seed=SPLIT_SEEDS[split], snr_db=preset.snr_db,
+                noisy_reference=preset.noisy_reference)
             for split, count in counts.items()}
 
 
@@ -558,18 +571,32 @@ def regime_rows(settings: Sequence[str]) -> list[RegimeRow]:
     return rows
 
 
+def snr_db(text: str) -> float:
+    """``--noisy-reference`` parser: a finite SNR in dB, else a one-line error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite SNR in dB such as 30, got {text!r}")
+    return value
+
+
 def preset_from_flags(preset: Preset, args) -> Preset:
-    """``preset`` with the flags' overrides (``--steps``, ``--batch-size``, ``--masks``; a flag left
-    unset keeps the preset's value). ``args``: the parsed command line or the flags recorded in
-    ``run.json`` (where ``masks`` is a list). ``--masks`` settings of Table IV become
-    ``table_iv_rates``, the others ``table_v_masks``, each in the order given."""
+    """``preset`` with the flags' overrides (``--steps``, ``--batch-size``, ``--masks``,
+    ``--noisy-reference``; a flag left unset keeps the preset's value). ``args``: the parsed
+    command line or the flags recorded in ``run.json`` (where ``masks`` is a list). ``--masks``
+    settings of Table IV become ``table_iv_rates``, the others ``table_v_masks``, each in the
+    order given; ``--noisy-reference SNR_DB`` sets ``snr_db`` and ``noisy_reference``."""
     masks = getattr(args, "masks", None)
+    scan_snr = getattr(args, "noisy_reference", None)  # absent from runs before the flag
     rates = table_v = None
     if masks is not None:
         rates = tuple(int(m[len("radial"):]) / 100 for m in masks if m in TABLE_IV_SETTINGS)
         table_v = tuple(m for m in masks if m not in TABLE_IV_SETTINGS)
     return override_preset(preset, steps=args.steps, batch_size=args.batch_size,
-                           table_iv_rates=rates, table_v_masks=table_v)
+                           table_iv_rates=rates, table_v_masks=table_v, snr_db=scan_snr,
+                           noisy_reference=None if scan_snr is None else True)
 
 
 def mask_settings_of(preset: Preset) -> list[str]:
@@ -589,6 +616,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                              "rates radial10, radial20, radial30, radial40 and Table V's "
                              "1d_random, 2d_random, radial25; default: the preset's (cpu: "
                              "radial20 and Table V; paper: all)")
+    parser.add_argument("--noisy-reference", type=snr_db, default=None, metavar="SNR_DB",
+                        help="make the reference a noisy magnitude scan of this k-space SNR (dB) "
+                             "and measure its masked k-space without adding noise (the paper "
+                             "undersamples real scans); default: the preset's noiseless image")
     parser.add_argument("--ablations", action="store_true",
                         help="also train the IFR-Net variants of Tables II, III, IX and X")
     return run_experiment(main, parser, argv, train=run,

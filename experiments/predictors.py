@@ -197,7 +197,8 @@ def build_ifrnet(preset, flags, workdir: Path) -> Method:
 
     def real_acquisition(slices, n):
         acq = ifrnet.real_valued_acquisition(slices, np.arange(n), mask_fn=mask_fn,
-                                             seed=_image_seed(flags), snr_db=preset.snr_db)
+                                             seed=_image_seed(flags), snr_db=preset.snr_db,
+                                             noisy_reference=preset.noisy_reference)
         return {k: acq[k] for k in ("kspace", "mask", "zero_filled")}
 
     def acquire_image(images, ids):
