@@ -284,10 +284,18 @@ def test_masks_flag_picks_table_iv_rates_and_table_v_masks_also_from_run_json():
                                                            masks=["radial25", "2d_random"]))
     assert only_v.table_iv_rates == () and exp.mask_settings_of(only_v) == ["radial25",
                                                                              "2d_random"]
-    # --noisy-reference sets the scan's SNR and the noisy reference; a bad SNR is one line.
-    scan = exp.preset_from_flags(cpu, argparse.Namespace(steps=None, batch_size=None, masks=None,
-                                                         noisy_reference=30.0))
-    assert scan == dataclasses.replace(cpu, snr_db=30.0, noisy_reference=True)
+    # Every preset's reference is a noisy scan; --noisy-reference sets its SNR or turns it off
+    # ("none", as recorded in run.json); a bad SNR is one line.
+    assert cpu.noisy_reference and cpu.snr_db == exp.SCAN_SNR_DB == 30.0
+    assert exp.PRESETS["paper"].noisy_reference and exp.PRESETS["paper"].snr_db == 30.0
+
+    def with_scan(value):
+        return exp.preset_from_flags(cpu, argparse.Namespace(
+            steps=None, batch_size=None, masks=None, noisy_reference=value))
+
+    assert with_scan(35.0) == dataclasses.replace(cpu, snr_db=35.0)
+    assert with_scan(exp.snr_db("None")) == dataclasses.replace(cpu, snr_db=None,
+                                                                noisy_reference=False)
     for bad in ("nan", "inf", "loud"):
         with pytest.raises(argparse.ArgumentTypeError, match="finite SNR in dB"):
             exp.snr_db(bad)
