@@ -100,7 +100,7 @@ LEARNED = ("ADMM-Net", "IFR-Net", "D5-C5", "U-Net")
 # TSE scans, whose noise no method recovers at the unsampled positions. On the validation split
 # (IFR-CS, the non-learned baseline) 30 dB puts six of the seven settings within 1.6 dB of the
 # paper's IFR-CS, against three noiseless; of the levels tried (none, 40, 35, 30 dB) it is the
-# nearest, chosen before the learned models were run on it (docs/fidelity.md, "002").
+# nearest, chosen on validation alone (docs/fidelity.md, "002").
 SCAN_SNR_DB = 30.0
 
 
