@@ -651,8 +651,8 @@ def run(args, setup) -> dict:
     print(f"IFR-Net experiment, preset {setup.preset_name}, workdir {workdir}")
     slices = load_splits(args.data, image_size=preset.image_size,
                          orientation=preset.orientation, fractions=preset.split_fractions)
-    table_iv = [f"radial{round(100 * r)}" for r in preset.table_iv_rates]
     settings = mask_settings_of(preset)
+    table_iv = [s for s in settings if s in TABLE_IV_SETTINGS]
     results = {s: run_setting(s, slices, preset, workdir, args) for s in settings}
     out = {
         "table_iv": {s: results[s]["summary"] for s in table_iv},

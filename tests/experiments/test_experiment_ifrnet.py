@@ -12,6 +12,7 @@ import pytest
 from experiments import ifrnet as exp
 from jaxmri.data import load_slices
 from _claims_helpers import assert_claims_recompute
+from _predict_helpers import assert_predicts_a_user_nifti
 
 
 def test_real_valued_acquisition_measures_the_magnitude_image():
@@ -315,17 +316,7 @@ def test_smoke_run_of_other_table_iv_rates_writes_them_and_predicts_from_them(tm
     assert_claims_recompute(tmp_path, exp.paper_claims(["radial40"]),
                             exp.regime_rows(["radial40"]))
     # --predict rebuilds the run from run.json: its models lie under radial40/ only.
-    import nibabel as nib
-    from nilearn.datasets import load_mni152_template
-
-    template = load_mni152_template(resolution=2)
-    nifti = tmp_path / "user.nii.gz"
-    nib.save(nib.Nifti1Image(np.asarray(template.get_fdata(), np.float32)[:, :, 40:43],
-                             template.affine), nifti)
-    (result,) = exp.main(["--workdir", str(tmp_path), "--predict", str(nifti), "--out",
-                          str(tmp_path / "out")])
-    predicted = nib.load(tmp_path / "out" / "user.nii.gz").get_fdata()
-    assert np.all(np.isfinite(predicted)) and predicted.max() > 0 and result["metrics"]
+    assert_predicts_a_user_nifti(exp.main, tmp_path, tmp_path)
 
 
 @pytest.mark.slow

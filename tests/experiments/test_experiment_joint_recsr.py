@@ -13,6 +13,7 @@ from experiments import joint_recsr as exp
 from jaxmri.data import acquire_slices, load_slices
 from jaxmri.nn.vgg_discriminator import VGGDiscriminator
 from _claims_helpers import assert_claims_recompute
+from _predict_helpers import assert_predicts_a_user_nifti
 
 
 def _fft2c(x):
@@ -103,18 +104,7 @@ def test_smoke_run_of_the_vwi_setting_writes_its_tables_and_claims(tmp_path):
     rows = {"poisson2d": ["SR", "Proposed", "CG-SENSE+bicubic"]}
     assert_claims_recompute(tmp_path, exp.paper_claims(rows), exp.regime_rows(rows))
     # --predict rebuilds the VWI run from run.json: its models lie under poisson2d/ only.
-    import nibabel as nib
-    from nilearn.datasets import load_mni152_template
-
-    template = load_mni152_template(resolution=2)
-    nifti = tmp_path / "user.nii.gz"
-    nib.save(nib.Nifti1Image(np.asarray(template.get_fdata(), np.float32)[:, :, 40:43],
-                             template.affine), nifti)
-    (result,) = exp.main(["--workdir", str(tmp_path), "--predict", str(nifti), "--out",
-                          str(tmp_path / "out")])
-    predicted = nib.load(tmp_path / "out" / "user.nii.gz").get_fdata()
-    assert predicted.shape == template.shape[:2] + (3,) and np.all(np.isfinite(predicted))
-    assert predicted.max() > 0 and result["metrics"]
+    assert_predicts_a_user_nifti(exp.main, tmp_path, tmp_path)
 
 
 def test_every_model_trains_on_its_papers_loss():
