@@ -150,8 +150,7 @@ PRESETS = {
     ),
     "cpu": Preset(
         description="python -m experiments.ifrnet: 9.8 minutes on 2 idle CPU cores "
-        "(measured 2026-12-06 on a fresh clone of 424f776; 11.9-13.2 per seed with --seeds "
-        "0,1,2 on busier cores); "
+        "(measured 2026-12-06 on a fresh clone of 424f776); "
         "128x128 slices (the paper preset's size: at 64 px the pseudo-radial rows sit 4-8 dB "
         "below the paper's, at 128 px within 2.6 dB PSNR), the reference a noisy magnitude "
         "scan (30 dB, as the paper's real scans), 100 training slices, IFR-Net (7 "

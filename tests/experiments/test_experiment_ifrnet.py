@@ -316,7 +316,7 @@ def test_smoke_run_of_other_table_iv_rates_writes_them_and_predicts_from_them(tm
     assert_claims_recompute(tmp_path, exp.paper_claims(["radial40"]),
                             exp.regime_rows(["radial40"]))
     # --predict rebuilds the run from run.json: its models lie under radial40/ only.
-    assert_predicts_a_user_nifti(exp.main, tmp_path, tmp_path)
+    assert_predicts_a_user_nifti(exp.main, tmp_path)
 
 
 @pytest.mark.slow

@@ -104,7 +104,7 @@ def test_smoke_run_of_the_vwi_setting_writes_its_tables_and_claims(tmp_path):
     rows = {"poisson2d": ["SR", "Proposed", "CG-SENSE+bicubic"]}
     assert_claims_recompute(tmp_path, exp.paper_claims(rows), exp.regime_rows(rows))
     # --predict rebuilds the VWI run from run.json: its models lie under poisson2d/ only.
-    assert_predicts_a_user_nifti(exp.main, tmp_path, tmp_path)
+    assert_predicts_a_user_nifti(exp.main, tmp_path)
 
 
 def test_every_model_trains_on_its_papers_loss():
