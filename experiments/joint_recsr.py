@@ -225,9 +225,9 @@ PRESETS["cpu-long"] = dataclasses.replace(
     "27.37 (22.41), Proposed 25.88 / 26.19 / 26.13 (30.32). 36 minutes on 2 idle CPU cores "
     "(seed 2, 3956 s user, measured 2026-12-06, Intel Xeon); peak RSS 10.5 GB, so it needs "
     "about 11 GiB of memory. Longer training moves the claim of the title: with --steps 800 "
-    "Recon, Recon-SR and Recon+SR reach the paper's regime, and with --steps 1600 (seed 0) "
-    "Proposed is 0.78 dB above Recon+SR (paper 0.92; docs/joint_recsr_regime.md, \"Longer "
-    "training\").",
+    "Recon, Recon-SR and Recon+SR reach the paper's regime, and with --steps 1600 "
+    "Proposed is above Recon+SR in 2 of 3 seeds and below in 1 (+0.78 / +0.25 / -0.67 dB; paper "
+    "+0.92; docs/joint_recsr_regime.md, \"Longer training\").",
     image_size=128, num_coils=12)
 
 
