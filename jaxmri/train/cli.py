@@ -179,6 +179,16 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return out
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr (exit status 2), like every
+    other user error of the experiments: ``error: argument --steps: expected a positive integer,
+    got 0 (python -m experiments.x --help lists the flags)``. argparse's own prints the usage
+    block (a dozen lines of flags) above it."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} ({self.prog} --help lists the flags)\n")
+
+
 def positive_int(text: str) -> int:
     """argparse ``type``: the int of ``text`` if it is one and ``> 0``, else a one-line error."""
     try:
@@ -277,7 +287,7 @@ def experiment_parser(
         f"{key}: {preset_summary(preset)}" if preset_summary(preset) else key
         for key, preset in presets.items()
     )
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog=f"python -m experiments.{name}",
         description=description,
         formatter_class=_HelpFormatter,

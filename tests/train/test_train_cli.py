@@ -118,7 +118,10 @@ def test_bad_values_error_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parser().parse_args(argv)
     assert exit_info.value.code == 2
-    assert flag in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # One line, as every user error: no usage block above it.
+    assert err.startswith(f"error: argument {flag}") and err.count("\n") == 1, err
+    assert err.endswith("(python -m experiments.demo --help lists the flags)\n"), err
 
 
 def test_bad_parser_arguments():
