@@ -35,6 +35,9 @@ warm-up before eq. 12 (ESRGAN's PSNR-oriented start, in the cpu presets until 20
 no row more than 0.1 dB better over three seeds, and in some seeds left the sequential models
 up to 1.6 dB and SR 3.6 dB lower (docs/joint_recsr_regime.md, "The paper's start").
 
+``--rows`` trains and evaluates only the rows it names (Proposed among them), e.g.
+``--preset cpu-long --steps 3200 --rows Recon+SR,Proposed`` for the claim of the title alone.
+
 Outputs in the workdir: ``table1_<mask>.md/.json``, ``table3_<mask>.md/.json``,
 ``fig4_<mask>.png`` (ablation, error maps, zoom box), ``fig5_<mask>.png`` (comparison); one
 subfolder per trained model (``<mask>/<method>``), so an interrupted run resumes.
@@ -42,6 +45,7 @@ subfolder per trained model (``<mask>/<method>``), so an interrupted run resumes
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import time
@@ -260,13 +264,39 @@ def mask_function(name: str, lr_size: int) -> Callable:
 mask_settings = name_list(MASK_SETTINGS, "mask setting")
 
 
+# ``--rows`` parser: comma-separated rows of Tables 1 and 3, each once, Proposed among them.
+_row_names = name_list(tuple(dict.fromkeys(TABLE1 + TABLE3)), "row")
+
+
+def table_rows(text: str) -> tuple[str, ...]:
+    """The rows named by ``--rows`` (``"Recon+SR, Proposed"`` -> ``("Recon+SR", "Proposed")``).
+
+    Every claim of the paper compares Proposed with another row, so a list without it is a
+    one-line ``ArgumentTypeError``, as is an unknown or repeated name.
+    """
+    rows = _row_names(text)
+    if "Proposed" not in rows:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must include Proposed: every claim of the paper compares it with "
+            "another row")
+    return rows
+
+
 def preset_from_flags(preset: Preset, args) -> Preset:
-    """``preset`` with the flags' overrides (``--steps``, ``--batch-size``, ``--masks``; a flag left
-    unset keeps the preset's value). ``args``: the parsed command line or the flags recorded in
-    ``run.json``."""
+    """``preset`` with the flags' overrides (``--steps``, ``--batch-size``, ``--masks``,
+    ``--rows``; a flag left unset keeps the preset's value). ``args``: the parsed command line or
+    the flags recorded in ``run.json``.
+
+    ``--rows`` replaces both tables: Table 1 becomes the named rows of :data:`TABLE1` and Table 3
+    those of :data:`TABLE3`, in the paper's order, whatever the preset's tables hold.
+    """
     masks = getattr(args, "masks", None)  # a list once run.json has held it
+    rows = getattr(args, "rows", None)
+    tables = {} if rows is None else {
+        "table1": tuple(r for r in TABLE1 if r in rows),
+        "table3": tuple(r for r in TABLE3 if r in rows)}
     return override_preset(preset, steps=args.steps, batch_size=args.batch_size,
-                           masks=None if masks is None else tuple(masks))
+                           masks=None if masks is None else tuple(masks), **tables)
 
 
 def _full_mask(rng, shape):
@@ -638,6 +668,11 @@ def main(argv: list[str] | None = None) -> dict:
                              "paper's brain data: 1-D Gaussian 2.5x + x2 SR = 5x, Tables 1/3) "
                              "and/or 'poisson2d' (its VWI data: 2-D Poisson-disc 4x + x2 SR = "
                              "16x, Tables 2/4); default: the preset's (gauss1d, both in paper)")
+    parser.add_argument("--rows", type=table_rows, default=None, metavar="ROWS",
+                        help="the rows to train and evaluate, comma-separated, Proposed among "
+                             f"them: Table 1's {', '.join(TABLE1)} and Table 3's "
+                             f"{', '.join(TABLE3[:-1])} (e.g. 'Recon+SR,Proposed' for the claim "
+                             "of the title alone); default: the preset's (cpu: all)")
     return run_experiment(main, parser, argv, train=run,
                           predict=functools.partial(predict_command, build=build_joint_recsr))
 

@@ -137,6 +137,8 @@ CASES = {
                                                 "--coordinator HOST:PORT is required"),
     "workdir below a file": ("refine", lambda d: ["--workdir", _text(d / "file") + "/run"],
                              "lies below the file"),
+    "rows without Proposed": ("joint_recsr", lambda d: ["--rows", "Recon+SR"],
+                              "must include Proposed"),
     "workdir is a file": ("ifrnet", lambda d: ["--workdir", _text(d / "file")], "is a file"),
 }
 

@@ -94,6 +94,28 @@ def test_masks_flag_selects_the_papers_settings_also_from_run_json():
     assert [r.paper_psnr for r in exp.regime_rows({"poisson2d": ["CG-SENSE+bicubic"]})] == [26.15]
 
 
+
+def test_rows_flag_replaces_both_tables_in_the_papers_order_also_from_run_json():
+    import argparse
+
+    assert exp.table_rows("Proposed, Recon+SR") == ("Proposed", "Recon+SR")
+    for bad, says in (("Recon+SR", "must include Proposed"), ("Proposed,Proposed", "twice"),
+                      ("EDSR,Proposed", "unknown row 'EDSR'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            exp.table_rows(bad)
+    smoke, cpu = exp.PRESETS["smoke"], exp.PRESETS["cpu"]
+    flags = dict(steps=None, batch_size=None, masks=None)
+    # The smoke preset's Table 1 has no Recon+SR: the flag's rows replace the preset's tables.
+    title = argparse.Namespace(**flags, rows=("Proposed", "Recon+SR"))
+    assert exp.preset_from_flags(smoke, title) == dataclasses.replace(
+        smoke, table1=("Recon+SR", "Proposed"), table3=("Proposed",))
+    # run.json stores the tuple as a list; a Table 3 row leaves Table 1 with Proposed alone.
+    recorded = argparse.Namespace(**flags, rows=["MoDL+bicubic", "Proposed"])
+    assert exp.preset_from_flags(cpu, recorded) == dataclasses.replace(
+        cpu, table1=("Proposed",), table3=("MoDL+bicubic", "Proposed"))
+    assert exp.preset_from_flags(cpu, argparse.Namespace(**flags, rows=None)) == cpu
+
+
 @pytest.mark.slow
 def test_smoke_run_of_the_vwi_setting_writes_its_tables_and_claims(tmp_path):
     out = exp.main(["--preset", "smoke", "--masks", "poisson2d", "--workdir", str(tmp_path)])
