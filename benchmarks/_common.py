@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmri.train.cli import OneLineErrorParser
+
 __all__ = [
     "StepCase",
     "benchmark_parser",
@@ -85,7 +87,7 @@ def block(tree: Any) -> Any:
 def benchmark_parser(doc: str | None, *, name: str) -> argparse.ArgumentParser:
     """The options every benchmark shares: ``--paper``, ``--out``, ``--repeats``, ``--warmup``,
     ``--window``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=f"python -m benchmarks.{name}", description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--paper", action="store_true",

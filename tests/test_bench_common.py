@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from benchmarks._common import (
+    benchmark_parser,
     compiled_flops,
     compiled_memory,
     count_params,
@@ -434,3 +435,12 @@ def test_interval_plot_reads_targets_either_way(tmp_path):
                                 reference=(100.0, "matmul"))
     np.testing.assert_allclose(errors, [[5.0, 10.0], [10.0, 15.0]])
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_bad_benchmark_flag_is_one_line_naming_it(capsys):
+    with pytest.raises(SystemExit) as info:
+        benchmark_parser(None, name="demo").parse_args(["--repeats", "many"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --repeats: invalid int value: 'many'"), err
+    assert err.count("\n") == 1 and "(python -m benchmarks.demo --help" in err, err

@@ -40,7 +40,7 @@ from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 __all__ = ["ExperimentSetup", "SplitPreset", "experiment_parser", "setup_from_args",
            "preset_summary", "override_preset", "exit_on_training_stop", "exit_on_user_error",
            "check_batch_size", "positive_int", "name_list", "argv_for_seed", "repeat_over_seeds",
-           "add_predict_flags", "run_experiment"]
+           "add_predict_flags", "run_experiment", "OneLineErrorParser"]
 
 # Workdirs that setup_from_args created in this process (the top-most folder it made), so that
 # exit_on_user_error can take them away again when the input turns out to be unusable.
@@ -179,11 +179,11 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return out
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line on stderr (exit status 2), like every
-    other user error of the experiments: ``error: argument --steps: expected a positive integer,
-    got 0 (python -m experiments.x --help lists the flags)``. argparse's own prints the usage
-    block (a dozen lines of flags) above it."""
+    other user error of the experiments and benchmarks: ``error: argument --steps: expected a
+    positive integer, got 0 (python -m experiments.x --help lists the flags)``. argparse's own
+    prints the usage block (a dozen lines of flags) above it."""
 
     def error(self, message: str):
         self.exit(2, f"error: {message} ({self.prog} --help lists the flags)\n")
@@ -287,7 +287,7 @@ def experiment_parser(
         f"{key}: {preset_summary(preset)}" if preset_summary(preset) else key
         for key, preset in presets.items()
     )
-    parser = _OneLineErrorParser(
+    parser = OneLineErrorParser(
         prog=f"python -m experiments.{name}",
         description=description,
         formatter_class=_HelpFormatter,
