@@ -94,7 +94,6 @@ def test_masks_flag_selects_the_papers_settings_also_from_run_json():
     assert [r.paper_psnr for r in exp.regime_rows({"poisson2d": ["CG-SENSE+bicubic"]})] == [26.15]
 
 
-
 def test_rows_flag_replaces_both_tables_in_the_papers_order_also_from_run_json():
     import argparse
 
