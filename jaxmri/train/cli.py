@@ -100,17 +100,17 @@ def exit_on_user_error():
 def exit_on_training_stop():
     """Turn the two ways :func:`jaxmri.train.fit` stops early into a message and an exit code.
 
-    * Ctrl-C (:class:`TrainingInterrupted`): the checkpoint is saved; say how to continue and
-      exit with 130 (the shell's code for SIGINT).
+    * Ctrl-C or SIGTERM (:class:`TrainingInterrupted`): the checkpoint is saved; say how to
+      continue and exit with the shell's code for the signal (130 for SIGINT, 143 for SIGTERM).
     * A non-finite loss (:class:`NonFiniteLossError`): print its message (step and last good
       checkpoint) and exit with 1.
     """
     try:
         yield
     except TrainingInterrupted as err:
-        print(f"\ninterrupted at step {err.step}, checkpoint saved in {err.checkpoint_path}; "
-              "rerun the same command (or add --resume) to continue", file=sys.stderr)
-        raise SystemExit(130) from None
+        print(f"\n{err}; rerun the same command (or add --resume) to continue",
+              file=sys.stderr)
+        raise SystemExit(128 + err.signum) from None
     except NonFiniteLossError as err:
         print(f"\nstopped: {err}", file=sys.stderr)
         raise SystemExit(1) from None

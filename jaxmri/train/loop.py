@@ -46,6 +46,11 @@ a temporary directory and renames it when complete, so a crash mid-save never le
 checkpoint that looks valid; half-written temporary directories are removed on the next start.
 A checkpoint damaged afterwards (a truncated array file, a disk error) is skipped on resume: the
 newest readable one is used, with a line on stderr naming the skipped one and why.
+
+When to save: every ``checkpoint_every`` steps, at the end, after Ctrl-C or SIGTERM (the state
+at the step reached), and, in a single process, after any step that ends ``checkpoint_minutes``
+(default 10) after the last save: a run killed without a signal it can catch loses at most
+about that much, even when ``checkpoint_every`` is half of a two-hour run.
 """
 
 from __future__ import annotations
@@ -114,16 +119,20 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Raised by :func:`fit` after Ctrl-C once the current state has been checkpointed.
+    """Raised by :func:`fit` after Ctrl-C (SIGINT) or SIGTERM once the current state has been
+    checkpointed.
 
     Subclasses ``KeyboardInterrupt`` so that an uncaught one still ends the program the usual
-    way. Attributes: ``step`` and ``checkpoint_path``.
+    way. Attributes: ``step``, ``checkpoint_path`` and ``signum`` (the signal that stopped
+    training; ``signal.SIGINT`` also for a ``KeyboardInterrupt`` raised inside the loop).
     """
 
-    def __init__(self, step: int, checkpoint_path: Path):
+    def __init__(self, step: int, checkpoint_path: Path, signum: int = signal.SIGINT):
         self.step = step
         self.checkpoint_path = checkpoint_path
-        super().__init__(f"interrupted at step {step}, checkpoint saved in {checkpoint_path}")
+        self.signum = int(signum)
+        by = "" if self.signum == signal.SIGINT else f" by {signal.Signals(self.signum).name}"
+        super().__init__(f"interrupted{by} at step {step}, checkpoint saved in {checkpoint_path}")
 
 
 class ReplicaDivergenceError(RuntimeError):
@@ -434,28 +443,41 @@ class _MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-@contextmanager
-def _sigint_as_flag() -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C into a flag that the loop polls between steps.
+#: The signals that stop :func:`fit` cleanly: Ctrl-C, and what ``kill``, batch schedulers
+#: (SLURM before its time limit or a preemption) and container runtimes send first.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    A second Ctrl-C gets the previous handler back (an immediate ``KeyboardInterrupt``). Outside
-    the main thread no handler can be installed and Ctrl-C stays a plain ``KeyboardInterrupt``.
+
+@contextmanager
+def _stop_signals_as_flag() -> Iterator[Callable[[], int]]:
+    """Turn the first SIGINT or SIGTERM into a flag that the loop polls between steps.
+
+    Yields a function returning the number of the first stop signal received (0 if none). A
+    second signal of the same kind meets the handler that was in place before (for Ctrl-C an
+    immediate ``KeyboardInterrupt``, for SIGTERM Python's default: the process ends). The
+    previous handlers are restored on exit. Outside the main thread no handler can be installed
+    and both signals keep their previous behaviour.
     """
-    pressed = []
+    received: list[int] = []
+    previous: dict[int, Any] = {}
 
     def handler(signum, frame):
-        pressed.append(signum)
-        signal.signal(signal.SIGINT, previous)
+        received.append(signum)
+        signal.signal(signum, previous[signum])
 
     try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:
-        yield lambda: False
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        yield lambda: 0
         return
     try:
-        yield lambda: bool(pressed)
+        yield lambda: received[0] if received else 0
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def show_progress() -> bool:
@@ -509,6 +531,7 @@ def fit(
     key: jax.Array,
     workdir: str | os.PathLike,
     checkpoint_every: int = 500,
+    checkpoint_minutes: float | None = 10.0,
     keep_checkpoints: int = 3,
     eval_fn: Callable[[PyTree], Mapping[str, float]] | None = None,
     eval_every: int = 500,
@@ -530,6 +553,12 @@ def fit(
       workdir: folder for ``checkpoints/``, ``metrics.jsonl`` and TensorBoard event files
         (:mod:`jaxmri.train.tensorboard`); created if missing.
       checkpoint_every: save every this many steps, and always at the end.
+      checkpoint_minutes: in a single-process run, save also after any step that ends at
+        least this many minutes (wall clock) after the last save or the start, so that a run
+        killed without warning (SIGKILL, a power cut, a session that ends) loses at most about
+        that much work, whatever ``checkpoint_every`` is. ``None``: by step count only. With
+        several processes the processes could disagree on the time; only ``checkpoint_every``
+        applies there.
       keep_checkpoints: how many of the newest checkpoints to keep.
       eval_fn: optional host-side ``state -> dict of floats``, given the unreplicated state,
         run on process 0 every ``eval_every`` steps and at the end; logged with split 'val'.
@@ -552,10 +581,11 @@ def fit(
       already reached ``num_steps``, that state is returned without training.
 
     Raises:
-      TrainingInterrupted: after Ctrl-C (SIGINT), once the state at the step reached is
-        checkpointed. The first Ctrl-C finishes the running step (and, to let all processes
-        agree, one more); a second one interrupts immediately. A ``KeyboardInterrupt`` raised
-        inside the loop (e.g. by ``batch_fn``) saves the last completed step the same way.
+      TrainingInterrupted: after Ctrl-C (SIGINT) or SIGTERM, once the state at the step
+        reached is checkpointed. The first signal finishes the running step (and, to let all
+        processes agree, one more); a second one of the same kind acts at once (Ctrl-C: a
+        ``KeyboardInterrupt``; SIGTERM: the process ends). A ``KeyboardInterrupt`` raised inside
+        the loop (e.g. by ``batch_fn``) saves the last completed step the same way.
       NonFiniteLossError: a metric of step ``s`` was NaN or infinite; the state before that
         update is checkpointed (as step ``s - 1``) and named in the message.
       ReplicaDivergenceError: the replicas differ at a checkpoint (``train_step`` forgot a pmean).
@@ -565,6 +595,12 @@ def fit(
     """
     num_steps = check_int(num_steps, "num_steps", minimum=0)
     checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
+    is_number = (isinstance(checkpoint_minutes, (int, float))
+                 and not isinstance(checkpoint_minutes, bool))
+    if checkpoint_minutes is not None and not (
+            is_number and math.isfinite(checkpoint_minutes) and checkpoint_minutes >= 0):
+        raise ValueError(f"checkpoint_minutes must be None or a finite number >= 0, got "
+                         f"{checkpoint_minutes!r}")
     keep_checkpoints = check_int(keep_checkpoints, "keep_checkpoints", minimum=1)
     eval_every = check_int(eval_every, "eval_every", minimum=1)
     log_every = check_int(log_every, "log_every", minimum=1)
@@ -614,6 +650,8 @@ def fit(
             manager=manager,
             log=log,
             checkpoint_every=checkpoint_every,
+            checkpoint_seconds=(None if checkpoint_minutes is None or not _single_process()
+                                else 60.0 * checkpoint_minutes),
             eval_fn=eval_fn if is_main else None,
             eval_every=eval_every,
             log_every=log_every,
@@ -653,6 +691,7 @@ def _train(
     manager,
     log,
     checkpoint_every,
+    checkpoint_seconds,
     eval_fn,
     eval_every,
     log_every,
@@ -666,11 +705,21 @@ def _train(
         total=num_steps, initial=start, desc=desc, unit="step", disable=not show_progress()
     )
 
+    last_save = [time.monotonic()]
+
     def save(step, replicated):
         _check_replicas(replicated, step)
-        return _save(manager, step, _savable(unreplicate(replicated)))
+        path = _save(manager, step, _savable(unreplicate(replicated)))
+        last_save[0] = time.monotonic()
+        return path
 
-    with _sigint_as_flag() as sigint_pressed:
+    def save_due(step):
+        if step % checkpoint_every == 0 or step == num_steps:
+            return True
+        return (checkpoint_seconds is not None
+                and time.monotonic() - last_save[0] >= checkpoint_seconds)
+
+    with _stop_signals_as_flag() as stop_signal:
         try:
             pending = _prepare_batch(batch_fn, start, n_local)
             for step in range(start, num_steps):
@@ -686,7 +735,7 @@ def _train(
                                        f"{current} steps is checkpointed at {path} and a "
                                        f"rerun resumes from it")
                     raise error
-                stop = np.full((n_local,), int(sigint_pressed()), np.int32)
+                stop = np.full((n_local,), int(stop_signal() != 0), np.int32)
                 new_rstate, pmetrics, stop_any = pstep(rstate, batch, key, step, stop)
                 if step + 1 < num_steps:  # on the host, while the step runs
                     pending = _prepare_batch(batch_fn, step + 1, n_local)
@@ -704,14 +753,14 @@ def _train(
                 if eval_fn is not None and (current % eval_every == 0 or current == num_steps):
                     scores = eval_fn(jax.device_put(unreplicate(rstate)))
                     log.write(current, "val", scores)  # images go to TensorBoard only
-                if current % checkpoint_every == 0 or current == num_steps:
+                if save_due(current):
                     save(current, rstate)
                 if int(unreplicate(stop_any)):
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
             path = save(current, rstate)
             manager.wait_until_finished()
-            raise TrainingInterrupted(current, path) from None
+            raise TrainingInterrupted(current, path, stop_signal() or signal.SIGINT) from None
         finally:
             bar.close()
     return jax.device_put(unreplicate(rstate))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,11 @@ def test_exit_on_training_stop_maps_stops_to_exit_codes(capsys, tmp_path):
         raise TrainingInterrupted(7, tmp_path / "checkpoints" / "7")
     assert info.value.code == 130
     assert "interrupted at step 7" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info, exit_on_training_stop():
+        raise TrainingInterrupted(7, tmp_path / "checkpoints" / "7", signal.SIGTERM)
+    assert info.value.code == 143  # the shell's code for SIGTERM
+    err = capsys.readouterr().err
+    assert "interrupted by SIGTERM at step 7" in err and "rerun the same command" in err
     with pytest.raises(SystemExit) as info, exit_on_training_stop():
         raise NonFiniteLossError(3, tmp_path / "checkpoints" / "2", {"loss": float("nan")})
     assert info.value.code == 1

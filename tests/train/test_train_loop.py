@@ -5,8 +5,11 @@ from __future__ import annotations
 import functools
 import io
 import json
+import shutil
 import signal
 import sys
+import time
+import types
 from pathlib import Path
 
 import flax.linen as nn
@@ -244,7 +247,7 @@ def test_create_train_state_needs_params():
         create_train_state(MLP(), optax.sgd(0.1), [1, 2])
 
 
-@pytest.mark.parametrize("how", ["exception", "sigint"])
+@pytest.mark.parametrize("how", ["exception", "SIGINT", "SIGTERM"])
 def test_interrupt_saves_and_resume_reproduces_trajectory(uninterrupted, tmp_path, how):
     raised = []
 
@@ -253,27 +256,31 @@ def test_interrupt_saves_and_resume_reproduces_trajectory(uninterrupted, tmp_pat
             raised.append(step)
             if how == "exception":
                 raise KeyboardInterrupt
-            signal.raise_signal(signal.SIGINT)  # handled by fit: finish, one more step, save
+            # Handled by fit: finish the running step, one more, save.
+            signal.raise_signal(signal.Signals[how])
         return batch_fn(step)
 
-    # fit must restore exactly the handler that was in place before it, whatever that is (a
-    # shell job may start Python with SIGINT ignored): install a handler of our own to compare.
+    # fit must restore exactly the handlers that were in place before it, whatever they are (a
+    # shell job may start Python with SIGINT ignored): install handlers of our own to compare.
     def outer_handler(signum, frame):
-        raise AssertionError("fit's own handler should have taken this SIGINT")
+        raise AssertionError(f"fit's own handler should have taken this {signum}")
 
-    before = signal.signal(signal.SIGINT, outer_handler)
+    before = {s: signal.signal(s, outer_handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with pytest.raises(TrainingInterrupted) as info:
             run(tmp_path, batch_fn=interrupting_batch_fn)
-        after = signal.getsignal(signal.SIGINT)
+        after = {s: signal.getsignal(s) for s in before}
     finally:
-        signal.signal(signal.SIGINT, before)
+        for s, handler in before.items():
+            signal.signal(s, handler)
     stopped = 3 if how == "exception" else 4
     assert info.value.step == stopped
     assert info.value.checkpoint_path == tmp_path / "checkpoints" / str(stopped)
     assert (info.value.checkpoint_path / "state").is_dir()
     assert isinstance(info.value, KeyboardInterrupt)
-    assert after is outer_handler  # the handler in place before fit, restored
+    assert info.value.signum == (signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
+    assert ("by SIGTERM" in str(info.value)) == (how == "SIGTERM")
+    assert all(h is outer_handler for h in after.values())  # the handlers before fit, restored
     assert len(train_losses(tmp_path)) == stopped
 
     resumed = run(tmp_path, resume=True)
@@ -348,6 +355,45 @@ def test_keep_last_checkpoints_and_automatic_resume(uninterrupted, tmp_path):
     again = run(tmp_path, resume=True)
     assert_trees_equal(again.params, state.params)
     assert train_losses(tmp_path) == losses
+
+
+def fake_clock_batch_fn(clock: list[float], seconds_per_batch: float):
+    """``batch_fn`` that advances ``clock[0]`` (what ``loop.time.monotonic`` reads in the test)
+    by ``seconds_per_batch`` per call: a step that takes that long on the wall clock."""
+    def advancing(step):
+        clock[0] += seconds_per_batch
+        return batch_fn(step)
+    return advancing
+
+
+def test_checkpoint_minutes_saves_by_wall_time_and_a_kill_loses_at_most_that(
+        uninterrupted, tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: clock[0],
+                                                            time=time.time))
+    # Each batch takes 25 s; batch s + 1 is built while step s runs, so step s ends at
+    # 25 (s + 1) s. A save at least a minute after the last (or the start): after steps 2
+    # (75 s) and 5 (150 s), and at the end; none by step count (every 100).
+    run(tmp_path, checkpoint_minutes=1, keep_checkpoints=10,
+        batch_fn=fake_clock_batch_fn(clock, 25.0))
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(int(p.name) for p in checkpoints.iterdir()) == [2, 5, 6]
+    # Killed before the last two saves (SIGKILL leaves nothing to catch): resume from step 2.
+    shutil.rmtree(checkpoints / "6")
+    shutil.rmtree(checkpoints / "5")
+    resumed = run(tmp_path, checkpoint_minutes=1, keep_checkpoints=10)
+    state, losses = uninterrupted
+    assert_trees_equal(resumed.params, state.params)
+    assert_trees_equal(resumed.opt_state, state.opt_state)
+    assert train_losses(tmp_path) == losses
+    # None: by step count only; with several processes the clocks could disagree, so the same.
+    for name, minutes in [("steps_only", None), ("multi", 1)]:
+        with monkeypatch.context() as patch:
+            if name == "multi":
+                patch.setattr(loop, "_single_process", lambda: False)
+            run(tmp_path / name, batch_fn=fake_clock_batch_fn(clock, 25.0),
+                checkpoint_minutes=minutes)
+        assert [p.name for p in (tmp_path / name / "checkpoints").iterdir()] == ["6"]
 
 
 def truncate_array_files(checkpoint: Path) -> list[Path]:
@@ -510,6 +556,9 @@ def test_bad_batches_and_arguments_are_named(tmp_path):
         run(tmp_path / "neg", num_steps=-1)
     with pytest.raises(ValueError, match="checkpoint_every"):
         run(tmp_path / "zero", checkpoint_every=0)
+    for minutes in (-1, float("nan"), "10", True):
+        with pytest.raises(ValueError, match="checkpoint_minutes must be None or a finite"):
+            run(tmp_path / "minutes", checkpoint_minutes=minutes)
     with pytest.raises(ValueError, match="resume"):
         run(tmp_path / "flag", resume="yes")
 
