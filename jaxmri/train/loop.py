@@ -58,6 +58,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import numbers
 import os
 import signal
 import sys
@@ -595,7 +596,7 @@ def fit(
     """
     num_steps = check_int(num_steps, "num_steps", minimum=0)
     checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
-    is_number = (isinstance(checkpoint_minutes, (int, float))
+    is_number = (isinstance(checkpoint_minutes, numbers.Real)
                  and not isinstance(checkpoint_minutes, bool))
     if checkpoint_minutes is not None and not (
             is_number and math.isfinite(checkpoint_minutes) and checkpoint_minutes >= 0):
