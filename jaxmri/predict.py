@@ -133,21 +133,25 @@ class Method:
 
 
 def restore_variables(directory: str | os.PathLike, *, path: Sequence[str] = (),
-                      template: Any = None) -> dict:
+                      template: Any = None, step: int | None = None) -> dict:
     """The Flax variables of a train state saved by :func:`jaxmri.train.fit` in ``directory``.
 
-    Restores the newest checkpoint of ``<directory>/checkpoints`` without a template (as nested
-    dicts of numpy arrays), walks ``path`` into it (e.g. ``("generator",)`` for a GAN state)
-    and returns ``{'params': ..., **model_state}``.
+    Restores the newest checkpoint of ``<directory>/checkpoints`` (or the one of ``step``)
+    without a template (as nested dicts of numpy arrays), walks ``path`` into it (e.g.
+    ``("generator",)`` for a GAN state) and returns ``{'params': ..., **model_state}``.
 
     Args:
       directory: the ``workdir`` a ``fit`` call trained in.
       path: keys leading from the checkpoint's root to the train state.
       template: optional variables (or ``jax.eval_shape`` of ``module.init``) whose structure,
         shapes and dtypes the restored variables must match.
+      step: the checkpoint of this step (the state after ``step`` updates) instead of the
+        newest, e.g. to follow a metric over training (``fit(keep_checkpoints=...)`` sets how
+        many are kept).
 
     Raises:
-      ValueError: no checkpoint there, or one that does not match ``template``.
+      ValueError: no checkpoint there (or none of ``step``, the message lists those there), or
+        one that does not match ``template``.
     """
     directory = Path(directory)
     checkpoints = directory / "checkpoints"
@@ -155,14 +159,19 @@ def restore_variables(directory: str | os.PathLike, *, path: Sequence[str] = (),
         if checkpoints.is_dir() else []
     if not steps:
         raise UserInputError(f"{directory} holds no trained model (no checkpoint in {checkpoints})")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise UserInputError(f"{checkpoints} has no checkpoint of step {step} (it has steps "
+                             f"{', '.join(map(str, steps))})")
     with ocp.CheckpointManager(checkpoints.absolute()) as manager:
-        tree = manager.restore(steps[-1], args=ocp.args.Composite(
+        tree = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore()))["state"]
     for key in path:
         tree = tree[key]
     variables = {"params": tree["params"], **(tree.get("model_state") or {})}
     if template is not None:
-        _check_structure(variables, template, checkpoints / str(steps[-1]))
+        _check_structure(variables, template, checkpoints / str(step))
     return variables
 
 

@@ -68,7 +68,7 @@ def trained(tmp_path_factory):
     data = {"x": rng.random((4, SIZE, SIZE), np.float32),
             "y": rng.random((4, SIZE, SIZE), np.float32)}
     state = fit(train_step=_train_step, state=state, batch_fn=lambda step: data, num_steps=2,
-                key=jax.random.key(0), workdir=workdir / "model", checkpoint_every=2)
+                key=jax.random.key(0), workdir=workdir / "model", checkpoint_every=1)
     return workdir, jax.device_get(state.variables())
 
 
@@ -116,10 +116,27 @@ def test_restore_variables_returns_the_trained_variables(trained):
     jax.tree.map(np.testing.assert_array_equal, restored, variables)
 
 
+def test_restore_variables_of_an_earlier_step(trained):
+    workdir, variables = trained
+    newest = restore_variables(workdir / "model", step=2)
+    jax.tree.map(np.testing.assert_array_equal, newest, variables)
+    # Step 1 is the state after one update: one Adam step from the initial weights (the data
+    # do not change between steps), not the final state.
+    initial = TinyNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE)))
+    first = restore_variables(workdir / "model", step=1)
+    moved = jax.tree.map(lambda a, b, c: (np.abs(a - b).max(), np.abs(c - b).max()),
+                         first, initial, variables)
+    for to_first, to_final in jax.tree.leaves(moved, is_leaf=lambda x: isinstance(x, tuple)):
+        # Adam's first update moves every weight by about its learning rate (1e-2).
+        assert 0.5e-2 < to_first < 1.5e-2 and to_final > 1.5e-2
+
+
 def test_restore_variables_errors(trained, tmp_path):
     workdir, _ = trained
     with pytest.raises(ValueError, match="holds no trained model"):
         restore_variables(tmp_path)
+    with pytest.raises(ValueError, match="no checkpoint of step 5 \\(it has steps 1, 2\\)"):
+        restore_variables(workdir / "model", step=5)
     wider = jax.eval_shape(nn.Conv(2, (3, 3)).init, jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
     with pytest.raises(ValueError, match="does not hold this preset's model"):
         restore_variables(workdir / "model", template={"params": {"Conv_0": wider["params"]}})
