@@ -706,19 +706,20 @@ def _train(
         total=num_steps, initial=start, desc=desc, unit="step", disable=not show_progress()
     )
 
-    last_save = [time.monotonic()]
+    last_save = time.monotonic()
 
     def save(step, replicated):
+        nonlocal last_save
         _check_replicas(replicated, step)
         path = _save(manager, step, _savable(unreplicate(replicated)))
-        last_save[0] = time.monotonic()
+        last_save = time.monotonic()
         return path
 
     def save_due(step):
         if step % checkpoint_every == 0 or step == num_steps:
             return True
         return (checkpoint_seconds is not None
-                and time.monotonic() - last_save[0] >= checkpoint_seconds)
+                and time.monotonic() - last_save >= checkpoint_seconds)
 
     with _stop_signals_as_flag() as stop_signal:
         try:
