@@ -25,7 +25,8 @@ does not give is not checked).
 :func:`report_claims` writes ``per_slice.json`` (the values judged), ``claims.md/.json`` and
 ``regime.md/.json`` into a run's workdir and prints both tables; :func:`run_over_seeds` runs a
 whole experiment once per seed in ``<workdir>/seed<k>/`` and writes ``claims_over_seeds.md/.json``
-(in how many seeds each claim is reproduced) and ``regime_over_seeds.md/.json``.
+(in how many seeds each claim is reproduced) and ``regime_over_seeds.md/.json``;
+:func:`combine_runs` writes the same tables from runs that finished separately (one job per seed).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
+from jaxmri.errors import UserInputError
 from jaxmri.train.report import markdown_grid, write_per_slice, write_table
+from jaxmri.train.run_record import read_run_record
 
 __all__ = [
     "Claim",
@@ -66,6 +69,8 @@ __all__ = [
     "aggregate_claims",
     "aggregate_regime",
     "run_over_seeds",
+    "write_over_seeds",
+    "combine_runs",
 ]
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
@@ -402,8 +407,12 @@ def aggregate_claims(per_seed: Mapping[int, Mapping]) -> dict:
     """Combine the ``claims.json`` payloads of several seeds (``{seed: payload}``).
 
     Returns ``{'seeds': [...], 'claims': [{<claim fields>, 'per_seed': {seed: {...}},
-    'reproduced': k, 'contradicted': k, 'inconclusive': k, 'seeds_run': n}]}``; claims keep
-    the first seed's order. Raises ``ValueError`` when the seeds judged different claims.
+    'reproduced': k, 'contradicted': k, 'inconclusive': k, 'seeds_run': n,
+    'mean_over_seeds': m, 'sd_over_seeds': s}]}``: ``m`` is the mean over seeds of the per-seed
+    mean differences and ``s`` their sample standard deviation (``None`` for one seed), the
+    spread that training noise adds to a method's effect, which no per-seed test over slices
+    sees. Claims keep the first seed's order. Raises ``ValueError`` when the seeds judged
+    different claims.
     """
     if not per_seed:
         raise ValueError("per_seed must hold at least one seed's claims")
@@ -427,22 +436,32 @@ def aggregate_claims(per_seed: Mapping[int, Mapping]) -> dict:
         for name in (REPRODUCED, CONTRADICTED, INCONCLUSIVE):
             entry[name] = verdicts.count(name)
         entry["seeds_run"] = len(seeds)
+        differences = [s["mean_difference"] for s in entry["per_seed"].values()]
+        entry["mean_over_seeds"] = float(np.mean(differences))
+        entry["sd_over_seeds"] = (float(np.std(differences, ddof=1)) if len(differences) > 1
+                                  else None)
         combined.append(entry)
     return {"seeds": [int(s) for s in seeds], "claims": combined}
 
 
 def aggregate_claims_markdown(aggregate: Mapping, *, title: str | None = None) -> str:
-    """One row per claim: per seed ``Δ (p)`` and in how many seeds it is reproduced."""
+    """One row per claim: per seed ``Δ (p)``, the mean (sd) of ``Δ`` over seeds and in how
+    many seeds it is reproduced."""
     seeds = [str(s) for s in aggregate["seeds"]]
     columns = (["claim", "metric", "paper", "expected diff."]
                + [f"seed {s}: mean diff. (p)" for s in seeds]
-               + ["reproduced in", "contradicted in"])
+               + ["mean over seeds (sd)", "reproduced in", "contradicted in"])
     rows = []
     for c in aggregate["claims"]:
         cells = [c["text"], c["metric"], c["paper"], "> 0" if c["direction"] == "higher" else "< 0"]
         for s in seeds:
             r = c["per_seed"][s]
             cells.append(f"{r['mean_difference']:+.4g} (p={r['p_value']:.2g}, {r['verdict']})")
+        # Payloads written before the over-seed statistics existed lack them.
+        mean = c.get("mean_over_seeds")
+        spread = c.get("sd_over_seeds")
+        cells.append("-" if mean is None else
+                     f"{mean:+.4g}" + ("" if spread is None else f" ({spread:.2g})"))
         cells += [f"**{c[REPRODUCED]}/{c['seeds_run']}** seeds",
                   f"{c[CONTRADICTED]}/{c['seeds_run']} seeds"]
         rows.append(cells)
@@ -524,16 +543,91 @@ def run_over_seeds(
         claims[seed] = json.loads(path.read_text())
         if (folder / "regime.json").exists():
             regimes[seed] = json.loads((folder / "regime.json").read_text())
+    return write_over_seeds(claims, regimes, workdir)
+
+
+def write_over_seeds(claims: Mapping[int, Mapping], regimes: Mapping[int, Mapping],
+                     workdir: str | os.PathLike, *, runs: Mapping[int, str] | None = None) -> dict:
+    """Aggregate per-seed ``claims.json`` (and ``regime.json``) payloads and write the tables.
+
+    Writes ``claims_over_seeds.md/.json`` into ``workdir`` (created if needed) and, when every
+    seed of ``claims`` has a regime payload, ``regime_over_seeds.md/.json``; prints both.
+    ``runs`` (``{seed: folder}``), when given, is recorded in the claims JSON as where each
+    seed's run lies. Returns ``{'claims': aggregate, 'regime': aggregate or None}``.
+    """
+    seeds = list(claims)
+    label = ", ".join(map(str, seeds))
     aggregate = aggregate_claims(claims)
+    if runs is not None:
+        aggregate["runs"] = {str(seed): str(runs[seed]) for seed in seeds}
+    Path(workdir).mkdir(parents=True, exist_ok=True)
     write_table(aggregate_claims_markdown(
-        aggregate, title=f"Paper claims over seeds {', '.join(map(str, seeds))}: per seed the "
-        f"mean difference (method - baseline), Wilcoxon p and verdict"),
+        aggregate, title=f"Paper claims over seeds {label}: per seed the mean difference "
+        f"(method - baseline), Wilcoxon p and verdict"),
         aggregate, workdir, "claims_over_seeds")
     regime = None
-    if len(regimes) == len(seeds):
-        regime = aggregate_regime(regimes)
+    if claims and set(regimes) == set(seeds):
+        regime = aggregate_regime({seed: regimes[seed] for seed in seeds})
         write_table(aggregate_regime_markdown(
-            regime, title=f"Regime over seeds {', '.join(map(str, seeds))}: paper vs our mean "
+            regime, title=f"Regime over seeds {label}: paper vs our mean "
             f"(in regime: |Δ PSNR| ≤ {PSNR_TOLERANCE_DB:g} dB and |Δ SSIM| ≤ "
             f"{SSIM_TOLERANCE:g})"), regime, workdir, "regime_over_seeds")
     return {"claims": aggregate, "regime": regime}
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"{path.parent} has no {path.name}: {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{path} is not valid JSON ({err}); rerun that seed") from None
+
+
+def combine_runs(folders: Sequence[str | os.PathLike], workdir: str | os.PathLike, *,
+                 experiment: str | None = None) -> dict:
+    """The over-seed tables of runs that finished separately, e.g. one job per seed.
+
+    Each folder is the ``--workdir`` of a finished run (or a ``seed<k>`` folder of a
+    ``--seeds`` run): it holds ``run.json`` and ``claims.json`` (and ``regime.json``). The runs
+    must be of the same experiment (``experiment``, when given), preset and flags except
+    ``--seed``, and of distinct seeds; their claims are combined as :func:`run_over_seeds`
+    combines its own (:func:`write_over_seeds` into ``workdir``, seeds in the order given).
+    Raises :class:`jaxmri.errors.UserInputError` naming the folder or the flag that differs.
+    """
+    folders = [Path(folder) for folder in folders]
+    if not folders:
+        raise UserInputError("name at least one finished run to combine")
+    records, claims, regimes, runs = {}, {}, {}, {}
+    for folder in folders:
+        record = read_run_record(folder, experiment=experiment)
+        seed = record["flags"].get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise UserInputError(f"{folder / 'run.json'} records no integer seed")
+        if seed in records:
+            raise UserInputError(f"{runs[seed]} and {folder} are both runs of seed {seed}: "
+                                 "combine one run per seed")
+        records[seed], runs[seed] = record, folder
+        claims[seed] = _read_json(folder / "claims.json",
+                                  "its run did not finish (rerun the same command to complete it)")
+        if (folder / "regime.json").exists():
+            regimes[seed] = _read_json(folder / "regime.json", "")
+    first_seed = next(iter(records))
+    first = records[first_seed]
+    for seed, record in records.items():
+        for key in ("experiment", "preset"):
+            if record[key] != first[key]:
+                raise UserInputError(f"{runs[seed]} ran {key} {record[key]!r} and "
+                                     f"{runs[first_seed]} ran {first[key]!r}: combine runs of "
+                                     "one setting")
+        flags = (set(record["flags"]) | set(first["flags"])) - {"seed"}
+        for flag in sorted(flags):
+            if record["flags"].get(flag) != first["flags"].get(flag):
+                raise UserInputError(
+                    f"{runs[seed]} ran --{flag.replace('_', '-')} "
+                    f"{record['flags'].get(flag)!r} and {runs[first_seed]} ran "
+                    f"{first['flags'].get(flag)!r}: combine runs that differ only in --seed")
+    try:
+        return write_over_seeds(claims, regimes, workdir, runs=runs)
+    except ValueError as err:  # the runs judged different claims or regime rows
+        raise UserInputError(f"the runs cannot be combined: {err}") from None

@@ -2,9 +2,9 @@
 
 An experiment builds its parser with :func:`experiment_parser`, passing its presets (frozen
 dataclasses whose docstrings give the command, minutes and expected table), adds its own flags
-and hands the rest to :func:`run_experiment`: parsing, ``--predict``, ``--seeds``, then
-:func:`setup_from_args` (which joins a multi-process run when asked and creates the workdir)
-and the experiment's own ``train(args, setup)``::
+and hands the rest to :func:`run_experiment`: parsing, ``--predict``, ``--combine``,
+``--seeds``, then :func:`setup_from_args` (which joins a multi-process run when asked and
+creates the workdir) and the experiment's own ``train(args, setup)``::
 
     @exit_on_user_error()
     def main(argv=None):
@@ -33,7 +33,7 @@ from typing import Any
 from jaxmri import cpu as jaxmri_cpu
 from jaxmri.errors import MissingCheckpointError, UserInputError
 from jaxmri.train import distributed
-from jaxmri.train.claims import run_over_seeds
+from jaxmri.train.claims import combine_runs, run_over_seeds
 from jaxmri.train.run_record import RUN_RECORD, write_run_record
 from jaxmri.train.loop import NonFiniteLossError, TrainingInterrupted
 
@@ -347,6 +347,16 @@ def experiment_parser(
         "claims_over_seeds.md (in how many seeds each paper claim holds); replaces --seed",
     )
     parser.add_argument(
+        "--combine",
+        metavar="RUN",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="train nothing: write claims_over_seeds.md and regime_over_seeds.md into "
+        "--workdir from finished runs of this experiment that differ only in --seed (e.g. one "
+        "job per seed, or seed<k> folders of --seeds runs)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_const",
         const=True,
@@ -525,7 +535,8 @@ def repeat_over_seeds(main: Callable[[list[str]], object], argv: Sequence[str] |
     """
     if args.coordinator is not None or args.num_processes > 1:
         raise ValueError("--seeds runs the seeds one after another in one process; it cannot be "
-                         "combined with --coordinator/--num-processes (run one --seed per job)")
+                         "combined with --coordinator/--num-processes (run one --seed per job, "
+                         "then --combine their workdirs)")
     argv = list(sys.argv[1:] if argv is None else argv)
     workdir = args.workdir if args.workdir is not None else (
         Path("runs") / args.experiment / args.preset)
@@ -562,9 +573,11 @@ def run_experiment(main: Callable[[list[str]], object], parser: argparse.Argumen
        :func:`jaxmri.predict.predict_command` with the experiment's builder); nothing is
        trained and no workdir is created. ``args._flag_defaults`` holds every flag's default
        (the parser on an empty command line).
-    3. ``--seeds``: returns :func:`repeat_over_seeds` of ``main`` (which calls ``main`` again
+    3. ``--combine RUN ...``: returns :func:`jaxmri.train.claims.combine_runs` of those
+       finished runs into ``--workdir`` (required); nothing is trained.
+    4. ``--seeds``: returns :func:`repeat_over_seeds` of ``main`` (which calls ``main`` again
        once per seed, each time without ``--seeds``).
-    4. Otherwise :func:`setup_from_args` (CPU settings, multi-process join, workdir,
+    5. Otherwise :func:`setup_from_args` (CPU settings, multi-process join, workdir,
        ``run.json``), then returns ``train(args, setup)`` inside :func:`exit_on_training_stop`
        (Ctrl-C: exit 130 after the checkpoint; a non-finite loss: exit 1).
 
@@ -577,6 +590,11 @@ def run_experiment(main: Callable[[list[str]], object], parser: argparse.Argumen
         # and the model it trained was built with that default.
         args._flag_defaults = vars(parser.parse_args([]))
         return predict(args)
+    if args.combine is not None:
+        if args.workdir is None or args.seeds is not None:
+            parser.error("--combine writes its tables into --workdir DIR (required) and cannot "
+                         "be used with --seeds")
+        return combine_runs(args.combine, args.workdir, experiment=args.experiment)
     if args.seeds is not None:
         return repeat_over_seeds(main, argv, args)
     setup = setup_from_args(args)

@@ -23,7 +23,7 @@ __all__ = ["RUN_RECORD", "write_run_record", "read_run_record"]
 
 RUN_RECORD = "run.json"
 # Flags that select what a command does rather than what was trained.
-_NOT_RECORDED = {"predict", "out", "all_methods", "workdir", "seeds", "coordinator",
+_NOT_RECORDED = {"predict", "out", "all_methods", "workdir", "seeds", "combine", "coordinator",
                  "num_processes", "process_id", "resume"}
 
 

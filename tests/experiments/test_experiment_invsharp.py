@@ -57,6 +57,23 @@ def test_claims_and_regime_tables_cover_the_paper_rows(smoke_run):
     assert "| Recon model 1 |" in (workdir / "regime.md").read_text()
 
 
+def test_combine_reads_the_runs_tables_and_refuses_one_seed_twice(smoke_run, tmp_path, capsys):
+    workdir, _, _ = smoke_run
+    out = invsharp.main(["--combine", str(workdir), "--workdir", str(tmp_path / "over")])
+    claims = json.loads((workdir / "claims.json").read_text())["claims"]
+    combined = json.loads((tmp_path / "over" / "claims_over_seeds.json").read_text())
+    assert combined == out["claims"] and combined["seeds"] == [0]
+    assert [c["per_seed"]["0"]["p_value"] for c in combined["claims"]] == [
+        c["p_value"] for c in claims]
+    assert (tmp_path / "over" / "regime_over_seeds.md").exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        invsharp.main(["--combine", str(workdir), str(workdir), "--workdir", str(tmp_path)])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "are both runs of seed 0" in err
+
+
 def test_every_row_gets_the_same_final_dc(smoke_run):
     # The recon row is its cached output after the one final DC, exactly as the methods'
     # outputs are; without it the row would differ (the coil-wise DC is not idempotent).

@@ -302,6 +302,88 @@ def test_run_over_seeds_needs_claims_and_valid_seeds(tmp_path):
         cl.run_over_seeds(lambda seed, wd: None, [-1], tmp_path)
 
 
+def _separate_runs(tmp_path, shifts, flags=None):
+    """One folder per seed, as separate jobs leave them: run.json (experiment "demo", preset
+    "cpu") and the claims of ``_fake_experiment``."""
+    import argparse
+
+    from jaxmri.train.run_record import write_run_record
+
+    run_one, _ = _fake_experiment(shifts)
+    folders = []
+    for seed in shifts:
+        folder = tmp_path / f"job{seed}"
+        folder.mkdir(parents=True)
+        run_one(seed, folder)
+        args = argparse.Namespace(experiment="demo", preset="cpu", seed=seed, steps=400,
+                                  **(flags or {}).get(seed, {}))
+        write_run_record(folder, args)
+        folders.append(folder)
+    return folders
+
+
+def test_combine_runs_equals_the_seeds_run_and_adds_the_spread_over_seeds(tmp_path):
+    shifts = {2: 1.0, 0: -1.0, 1: 0.5}
+    folders = _separate_runs(tmp_path / "jobs", shifts)
+    out = cl.combine_runs(folders, tmp_path / "combined", experiment="demo")
+    run_one, _ = _fake_experiment(shifts)
+    together = cl.run_over_seeds(run_one, list(shifts), tmp_path / "together")
+    (claim,) = out["claims"]["claims"]
+    (same,) = together["claims"]["claims"]
+    assert out["claims"]["seeds"] == [2, 0, 1]
+    assert claim["per_seed"] == same["per_seed"]
+    assert (claim["reproduced"], claim["contradicted"]) == (2, 1)
+    assert out["regime"] == together["regime"]
+    assert out["claims"]["runs"] == {str(s): str(f) for s, f in zip(shifts, folders)}
+    # The spread over seeds, from the per-seed files by hand: mean and sample sd (n - 1).
+    diffs = [json.loads((f / "claims.json").read_text())["claims"][0]["mean_difference"]
+             for f in folders]
+    mean = sum(diffs) / 3
+    sd = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5
+    np.testing.assert_allclose([claim["mean_over_seeds"], claim["sd_over_seeds"]], [mean, sd],
+                               rtol=1e-12)
+    np.testing.assert_allclose(mean, 0.5 / 3, atol=0.1)
+    md = (tmp_path / "combined" / "claims_over_seeds.md").read_text()
+    assert f"{mean:+.4g} ({sd:.2g})" in md and "**2/3** seeds" in md
+    assert json.loads((tmp_path / "combined" / "claims_over_seeds.json").read_text()) == out[
+        "claims"]
+    assert (tmp_path / "combined" / "regime_over_seeds.md").exists()
+    # One seed has no spread.
+    single = cl.combine_runs(folders[:1], tmp_path / "one")["claims"]["claims"][0]
+    assert single["sd_over_seeds"] is None and single["mean_over_seeds"] == diffs[0]
+
+
+def test_combine_runs_refuses_runs_of_different_settings(tmp_path):
+    from jaxmri.errors import UserInputError
+
+    folders = _separate_runs(tmp_path, {0: 1.0, 1: 1.0, 2: 1.0}, {2: {"masks": ["radial10"]}})
+    cl.combine_runs(folders[:2], tmp_path / "ok")
+    with pytest.raises(UserInputError, match=r"job2 ran --masks \['radial10'\] and .*job0 ran "
+                                             r"None: combine runs that differ only in --seed"):
+        cl.combine_runs(folders, tmp_path / "out")
+    with pytest.raises(UserInputError, match="trained by experiments.demo, not experiments.other"):
+        cl.combine_runs(folders[:2], tmp_path / "out", experiment="other")
+    with pytest.raises(UserInputError, match="job0 and .*job0 are both runs of seed 0"):
+        cl.combine_runs([folders[0], folders[0]], tmp_path / "out")
+    with pytest.raises(UserInputError, match="at least one"):
+        cl.combine_runs([], tmp_path / "out")
+    (folders[1] / "claims.json").unlink()
+    with pytest.raises(UserInputError, match="job1 has no claims.json: its run did not finish"):
+        cl.combine_runs(folders[:2], tmp_path / "out")
+    (folders[1] / "claims.json").write_text("{not json")
+    with pytest.raises(UserInputError, match="claims.json is not valid JSON"):
+        cl.combine_runs(folders[:2], tmp_path / "out")
+    with pytest.raises(UserInputError, match="holds no trained model"):
+        cl.combine_runs([folders[0], tmp_path], tmp_path / "out")
+    # Same flags but other claims judged (e.g. an older version of the experiment).
+    payload = json.loads((folders[0] / "claims.json").read_text())
+    payload["claims"][0]["key"] = "renamed"
+    (folders[1] / "claims.json").write_text(json.dumps(payload))
+    with pytest.raises(UserInputError, match="cannot be combined: seed 1 judged claims"):
+        cl.combine_runs(folders[:2], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_seeds_flag_and_argv_for_seed(tmp_path):
     parser = experiment_parser("Demo.", presets={"cpu": object()}, name="demo")
     assert parser.parse_args([]).seeds is None

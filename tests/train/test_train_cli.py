@@ -216,7 +216,7 @@ def test_resume_needs_a_checkpoint_before_anything_is_created(tmp_path):
                                                 "--resume"])).workdir == tmp_path / "w"
 
 
-def test_run_experiment_predicts_repeats_or_trains(tmp_path, monkeypatch):
+def test_run_experiment_predicts_repeats_or_trains(tmp_path, monkeypatch, capsys):
     import json
 
     from jaxmri.train.cli import exit_on_user_error, run_experiment
@@ -258,6 +258,18 @@ def test_run_experiment_predicts_repeats_or_trains(tmp_path, monkeypatch):
         {"trained": 3}, {"trained": 4}]
     assert [c[1] for c in calls] == [3, 4]
     assert [c[3] for c in calls] == [tmp_path / "many" / "seed3", tmp_path / "many" / "seed4"]
+    # --combine: the finished runs' tables into --workdir, nothing trained.
+    calls.clear()
+    monkeypatch.setattr("jaxmri.train.cli.combine_runs",
+                        lambda runs, workdir, experiment: ("combined", runs, workdir, experiment))
+    assert main(["--combine", "a", "b/seed1", "--workdir", str(tmp_path / "sum")]) == (
+        "combined", [Path("a"), Path("b/seed1")], tmp_path / "sum", "demo")
+    assert calls == [] and not (tmp_path / "sum").exists()
+    for bad in (["--combine", "a"], ["--combine", "a", "--workdir", "w", "--seeds", "0,1"]):
+        with pytest.raises(SystemExit) as refused:
+            main(bad)
+        assert refused.value.code == 2
+    assert "--combine writes its tables into --workdir DIR (required)" in capsys.readouterr().err
     # A training stopped by Ctrl-C exits with the shell's code for SIGINT.
     with pytest.raises(SystemExit) as stopped:
         main(["--workdir", str(tmp_path / "run"), "--steps", "13"])
