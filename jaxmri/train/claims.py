@@ -408,11 +408,13 @@ def aggregate_claims(per_seed: Mapping[int, Mapping]) -> dict:
 
     Returns ``{'seeds': [...], 'claims': [{<claim fields>, 'per_seed': {seed: {...}},
     'reproduced': k, 'contradicted': k, 'inconclusive': k, 'seeds_run': n,
-    'mean_over_seeds': m, 'sd_over_seeds': s}]}``: ``m`` is the mean over seeds of the per-seed
-    mean differences and ``s`` their sample standard deviation (``None`` for one seed), the
-    spread that training noise adds to a method's effect, which no per-seed test over slices
-    sees. Claims keep the first seed's order. Raises ``ValueError`` when the seeds judged
-    different claims.
+    'mean_over_seeds': m, 'sd_over_seeds': s, 'ci_over_seeds': [lo, hi]}]}``: ``m`` is the
+    mean over seeds of the per-seed mean differences, ``s`` their sample standard deviation and
+    ``[lo, hi]`` the 95 % Student-t interval of ``m`` (``m ± t(0.975, n-1) s / sqrt(n)``; both
+    ``None`` for one seed). They show the spread that training noise adds to a method's effect,
+    which no per-seed test over slices sees: with few seeds the interval is wide, and a paper's
+    effect inside it is neither confirmed nor excluded. Claims keep the first seed's order.
+    Raises ``ValueError`` when the seeds judged different claims.
     """
     if not per_seed:
         raise ValueError("per_seed must hold at least one seed's claims")
@@ -438,19 +440,25 @@ def aggregate_claims(per_seed: Mapping[int, Mapping]) -> dict:
         entry["seeds_run"] = len(seeds)
         differences = [s["mean_difference"] for s in entry["per_seed"].values()]
         entry["mean_over_seeds"] = float(np.mean(differences))
-        entry["sd_over_seeds"] = (float(np.std(differences, ddof=1)) if len(differences) > 1
-                                  else None)
+        entry["sd_over_seeds"] = entry["ci_over_seeds"] = None
+        if len(differences) > 1:
+            sd = float(np.std(differences, ddof=1))
+            half = float(stats.t.ppf(0.975, len(differences) - 1)) * sd / math.sqrt(
+                len(differences))
+            entry["sd_over_seeds"] = sd
+            entry["ci_over_seeds"] = [entry["mean_over_seeds"] - half,
+                                      entry["mean_over_seeds"] + half]
         combined.append(entry)
     return {"seeds": [int(s) for s in seeds], "claims": combined}
 
 
 def aggregate_claims_markdown(aggregate: Mapping, *, title: str | None = None) -> str:
-    """One row per claim: per seed ``Δ (p)``, the mean (sd) of ``Δ`` over seeds and in how
-    many seeds it is reproduced."""
+    """One row per claim: per seed ``Δ (p)``, the mean of ``Δ`` over seeds with its sd and
+    95 % t-interval, and in how many seeds it is reproduced."""
     seeds = [str(s) for s in aggregate["seeds"]]
     columns = (["claim", "metric", "paper", "expected diff."]
                + [f"seed {s}: mean diff. (p)" for s in seeds]
-               + ["mean over seeds (sd)", "reproduced in", "contradicted in"])
+               + ["mean over seeds (sd) [95 % CI]", "reproduced in", "contradicted in"])
     rows = []
     for c in aggregate["claims"]:
         cells = [c["text"], c["metric"], c["paper"], "> 0" if c["direction"] == "higher" else "< 0"]
@@ -458,10 +466,11 @@ def aggregate_claims_markdown(aggregate: Mapping, *, title: str | None = None) -
             r = c["per_seed"][s]
             cells.append(f"{r['mean_difference']:+.4g} (p={r['p_value']:.2g}, {r['verdict']})")
         # Payloads written before the over-seed statistics existed lack them.
-        mean = c.get("mean_over_seeds")
-        spread = c.get("sd_over_seeds")
-        cells.append("-" if mean is None else
-                     f"{mean:+.4g}" + ("" if spread is None else f" ({spread:.2g})"))
+        mean, spread, interval = (c.get(k) for k in (
+            "mean_over_seeds", "sd_over_seeds", "ci_over_seeds"))
+        cells.append("-" if mean is None else f"{mean:+.4g}" + (
+            "" if spread is None else
+            f" ({spread:.2g}) [{interval[0]:+.3g}, {interval[1]:+.3g}]"))
         cells += [f"**{c[REPRODUCED]}/{c['seeds_run']}** seeds",
                   f"{c[CONTRADICTED]}/{c['seeds_run']} seeds"]
         rows.append(cells)

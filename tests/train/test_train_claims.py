@@ -343,14 +343,20 @@ def test_combine_runs_equals_the_seeds_run_and_adds_the_spread_over_seeds(tmp_pa
     np.testing.assert_allclose([claim["mean_over_seeds"], claim["sd_over_seeds"]], [mean, sd],
                                rtol=1e-12)
     np.testing.assert_allclose(mean, 0.5 / 3, atol=0.1)
+    # 95 % t-interval with 2 degrees of freedom: t(0.975, 2) = 4.302652729911275 (tables).
+    half = 4.302652729911275 * sd / 3 ** 0.5
+    np.testing.assert_allclose(claim["ci_over_seeds"], [mean - half, mean + half], rtol=1e-9)
+    assert claim["ci_over_seeds"][0] < 0 < claim["ci_over_seeds"][1]  # -1, +0.5, +1: no verdict
     md = (tmp_path / "combined" / "claims_over_seeds.md").read_text()
-    assert f"{mean:+.4g} ({sd:.2g})" in md and "**2/3** seeds" in md
+    lo, hi = claim["ci_over_seeds"]
+    assert f"{mean:+.4g} ({sd:.2g}) [{lo:+.3g}, {hi:+.3g}]" in md and "**2/3** seeds" in md
     assert json.loads((tmp_path / "combined" / "claims_over_seeds.json").read_text()) == out[
         "claims"]
     assert (tmp_path / "combined" / "regime_over_seeds.md").exists()
     # One seed has no spread.
     single = cl.combine_runs(folders[:1], tmp_path / "one")["claims"]["claims"][0]
-    assert single["sd_over_seeds"] is None and single["mean_over_seeds"] == diffs[0]
+    assert single["sd_over_seeds"] is None and single["ci_over_seeds"] is None
+    assert single["mean_over_seeds"] == diffs[0]
 
 
 def test_combine_runs_refuses_runs_of_different_settings(tmp_path):
