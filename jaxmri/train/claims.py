@@ -609,6 +609,8 @@ def combine_runs(folders: Sequence[str | os.PathLike], workdir: str | os.PathLik
         raise UserInputError("name at least one finished run to combine")
     records, claims, regimes, runs = {}, {}, {}, {}
     for folder in folders:
+        if not folder.is_dir():
+            raise UserInputError(f"{folder} does not exist: name the --workdir of a finished run")
         record = read_run_record(folder, experiment=experiment)
         seed = record["flags"].get("seed")
         if not isinstance(seed, int) or isinstance(seed, bool):

@@ -379,6 +379,8 @@ def test_combine_runs_refuses_runs_of_different_settings(tmp_path):
     (folders[1] / "claims.json").write_text("{not json")
     with pytest.raises(UserInputError, match="claims.json is not valid JSON"):
         cl.combine_runs(folders[:2], tmp_path / "out")
+    with pytest.raises(UserInputError, match="nowhere does not exist: name the --workdir of a "):
+        cl.combine_runs([folders[0], tmp_path / "nowhere"], tmp_path / "out")
     with pytest.raises(UserInputError, match="holds no trained model"):
         cl.combine_runs([folders[0], tmp_path], tmp_path / "out")
     # Same flags but other claims judged (e.g. an older version of the experiment).
