@@ -44,7 +44,7 @@ from scipy import stats
 
 from jaxmri.errors import UserInputError
 from jaxmri.train.report import markdown_grid, write_per_slice, write_table
-from jaxmri.train.run_record import read_run_record
+from jaxmri.train.run_record import flag_json_value, read_run_record
 
 __all__ = [
     "Claim",
@@ -594,7 +594,8 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def combine_runs(folders: Sequence[str | os.PathLike], workdir: str | os.PathLike, *,
-                 experiment: str | None = None) -> dict:
+                 experiment: str | None = None,
+                 flag_defaults: Mapping[str, object] | None = None) -> dict:
     """The over-seed tables of runs that finished separately, e.g. one job per seed.
 
     Each folder is the ``--workdir`` of a finished run (or a ``seed<k>`` folder of a
@@ -602,11 +603,14 @@ def combine_runs(folders: Sequence[str | os.PathLike], workdir: str | os.PathLik
     must be of the same experiment (``experiment``, when given), preset and flags except
     ``--seed``, and of distinct seeds; their claims are combined as :func:`run_over_seeds`
     combines its own (:func:`write_over_seeds` into ``workdir``, seeds in the order given).
+    A flag missing from a record (a run from before the flag existed) counts as its value in
+    ``flag_defaults`` (``{flag: default}``, e.g. the parser's defaults), else as ``None``.
     Raises :class:`jaxmri.errors.UserInputError` naming the folder or the flag that differs.
     """
     folders = [Path(folder) for folder in folders]
     if not folders:
         raise UserInputError("name at least one finished run to combine")
+    defaults = {k: flag_json_value(v) for k, v in (flag_defaults or {}).items()}
     records, claims, regimes, runs = {}, {}, {}, {}
     for folder in folders:
         if not folder.is_dir():
@@ -633,11 +637,11 @@ def combine_runs(folders: Sequence[str | os.PathLike], workdir: str | os.PathLik
                                      "one setting")
         flags = (set(record["flags"]) | set(first["flags"])) - {"seed"}
         for flag in sorted(flags):
-            if record["flags"].get(flag) != first["flags"].get(flag):
+            ours, theirs = (r["flags"].get(flag, defaults.get(flag)) for r in (record, first))
+            if ours != theirs:
                 raise UserInputError(
-                    f"{runs[seed]} ran --{flag.replace('_', '-')} "
-                    f"{record['flags'].get(flag)!r} and {runs[first_seed]} ran "
-                    f"{first['flags'].get(flag)!r}: combine runs that differ only in --seed")
+                    f"{runs[seed]} ran --{flag.replace('_', '-')} {ours!r} and "
+                    f"{runs[first_seed]} ran {theirs!r}: combine runs that differ only in --seed")
     try:
         return write_over_seeds(claims, regimes, workdir, runs=runs)
     except ValueError as err:  # the runs judged different claims or regime rows

@@ -594,7 +594,8 @@ def run_experiment(main: Callable[[list[str]], object], parser: argparse.Argumen
         if args.workdir is None or args.seeds is not None:
             parser.error("--combine writes its tables into --workdir DIR (required) and cannot "
                          "be used with --seeds")
-        return combine_runs(args.combine, args.workdir, experiment=args.experiment)
+        return combine_runs(args.combine, args.workdir, experiment=args.experiment,
+                            flag_defaults=vars(parser.parse_args([])))
     if args.seeds is not None:
         return repeat_over_seeds(main, argv, args)
     setup = setup_from_args(args)

@@ -19,7 +19,7 @@ from typing import Any
 
 from jaxmri.errors import UserInputError
 
-__all__ = ["RUN_RECORD", "write_run_record", "read_run_record"]
+__all__ = ["RUN_RECORD", "write_run_record", "read_run_record", "flag_json_value"]
 
 RUN_RECORD = "run.json"
 # Flags that select what a command does rather than what was trained.
@@ -27,7 +27,8 @@ _NOT_RECORDED = {"predict", "out", "all_methods", "workdir", "seeds", "combine",
                  "num_processes", "process_id", "resume"}
 
 
-def _json_value(value: Any) -> Any:
+def flag_json_value(value: Any) -> Any:
+    """A flag's value as ``run.json`` records it: paths as text, tuples as lists."""
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, tuple):
@@ -46,7 +47,7 @@ def write_run_record(workdir: str | os.PathLike, args: argparse.Namespace) -> Pa
     for name, value in vars(args).items():
         if name.startswith("_") or name in _NOT_RECORDED or name in ("experiment", "preset"):
             continue
-        value = _json_value(value)
+        value = flag_json_value(value)
         try:
             json.dumps(value)
         except TypeError:

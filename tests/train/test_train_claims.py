@@ -367,6 +367,10 @@ def test_combine_runs_refuses_runs_of_different_settings(tmp_path):
     with pytest.raises(UserInputError, match=r"job2 ran --masks \['radial10'\] and .*job0 ran "
                                              r"None: combine runs that differ only in --seed"):
         cl.combine_runs(folders, tmp_path / "out")
+    # A record from before --masks existed reads as the flag's default, when one is given.
+    with pytest.raises(UserInputError, match="--masks"):
+        cl.combine_runs(folders[1:], tmp_path / "out", flag_defaults={"masks": ("radial20",)})
+    cl.combine_runs(folders[1:], tmp_path / "both", flag_defaults={"masks": ("radial10",)})
     with pytest.raises(UserInputError, match="trained by experiments.demo, not experiments.other"):
         cl.combine_runs(folders[:2], tmp_path / "out", experiment="other")
     with pytest.raises(UserInputError, match="job0 and .*job0 are both runs of seed 0"):

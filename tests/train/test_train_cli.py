@@ -261,9 +261,11 @@ def test_run_experiment_predicts_repeats_or_trains(tmp_path, monkeypatch, capsys
     # --combine: the finished runs' tables into --workdir, nothing trained.
     calls.clear()
     monkeypatch.setattr("jaxmri.train.cli.combine_runs",
-                        lambda runs, workdir, experiment: ("combined", runs, workdir, experiment))
+                        lambda runs, workdir, experiment, flag_defaults: (
+                            "combined", runs, workdir, experiment, flag_defaults["steps"],
+                            flag_defaults["seed"]))
     assert main(["--combine", "a", "b/seed1", "--workdir", str(tmp_path / "sum")]) == (
-        "combined", [Path("a"), Path("b/seed1")], tmp_path / "sum", "demo")
+        "combined", [Path("a"), Path("b/seed1")], tmp_path / "sum", "demo", None, 0)
     assert calls == [] and not (tmp_path / "sum").exists()
     for bad in (["--combine", "a"], ["--combine", "a", "--workdir", "w", "--seeds", "0,1"]):
         with pytest.raises(SystemExit) as refused:
