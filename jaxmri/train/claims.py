@@ -569,13 +569,12 @@ def write_over_seeds(claims: Mapping[int, Mapping], regimes: Mapping[int, Mappin
     aggregate = aggregate_claims(claims)
     if runs is not None:
         aggregate["runs"] = {str(seed): str(runs[seed]) for seed in seeds}
-    Path(workdir).mkdir(parents=True, exist_ok=True)
     write_table(aggregate_claims_markdown(
         aggregate, title=f"Paper claims over seeds {label}: per seed the mean difference "
         f"(method - baseline), Wilcoxon p and verdict"),
         aggregate, workdir, "claims_over_seeds")
     regime = None
-    if claims and set(regimes) == set(seeds):
+    if set(regimes) == set(seeds):
         regime = aggregate_regime({seed: regimes[seed] for seed in seeds})
         write_table(aggregate_regime_markdown(
             regime, title=f"Regime over seeds {label}: paper vs our mean "
@@ -584,11 +583,9 @@ def write_over_seeds(claims: Mapping[int, Mapping], regimes: Mapping[int, Mappin
     return {"claims": aggregate, "regime": regime}
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserInputError(f"{path.parent} has no {path.name}: {what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserInputError(f"{path} is not valid JSON ({err}); rerun that seed") from None
 
@@ -623,10 +620,12 @@ def combine_runs(folders: Sequence[str | os.PathLike], workdir: str | os.PathLik
             raise UserInputError(f"{runs[seed]} and {folder} are both runs of seed {seed}: "
                                  "combine one run per seed")
         records[seed], runs[seed] = record, folder
-        claims[seed] = _read_json(folder / "claims.json",
-                                  "its run did not finish (rerun the same command to complete it)")
-        if (folder / "regime.json").exists():
-            regimes[seed] = _read_json(folder / "regime.json", "")
+        if not (folder / "claims.json").is_file():
+            raise UserInputError(f"{folder} has no claims.json: its run did not finish (rerun "
+                                 "the same command to complete it)")
+        claims[seed] = _read_json(folder / "claims.json")
+        if (folder / "regime.json").is_file():
+            regimes[seed] = _read_json(folder / "regime.json")
     first_seed = next(iter(records))
     first = records[first_seed]
     for seed, record in records.items():

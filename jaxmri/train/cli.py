@@ -585,17 +585,18 @@ def run_experiment(main: Callable[[list[str]], object], parser: argparse.Argumen
     which turns a :class:`jaxmri.errors.UserInputError` raised anywhere here into one line.
     """
     args = parser.parse_args(argv)
+    # What each flag is when not given: a run.json written before a flag existed lacks it, and
+    # the run it records used that default (read by --predict and --combine).
+    flag_defaults = vars(parser.parse_args([]))
     if predict is not None and getattr(args, "predict", None) is not None:
-        # What each flag is when not given: a run.json written before a flag existed lacks it,
-        # and the model it trained was built with that default.
-        args._flag_defaults = vars(parser.parse_args([]))
+        args._flag_defaults = flag_defaults
         return predict(args)
     if args.combine is not None:
         if args.workdir is None or args.seeds is not None:
             parser.error("--combine writes its tables into --workdir DIR (required) and cannot "
                          "be used with --seeds")
         return combine_runs(args.combine, args.workdir, experiment=args.experiment,
-                            flag_defaults=vars(parser.parse_args([])))
+                            flag_defaults=flag_defaults)
     if args.seeds is not None:
         return repeat_over_seeds(main, argv, args)
     setup = setup_from_args(args)
