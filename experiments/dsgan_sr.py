@@ -25,11 +25,11 @@ augmentation, pixel shuffle x2):
   gradient-magnitude probabilities; its extracted 13x13 kernel downsamples the HR training
   slices. Deviations: the paper trains one GAN per LR slice (3000 iterations each); we train one
   GAN on crops pooled over the training slices (here all slices share one scanner kernel). The
-  cpu preset runs 500 iterations with Adam at 1e-3 instead of KernelGAN's 2e-4 (the paper
-  preset keeps 2e-4): in a discriminator-only check on real vs Gaussian-blurred LR crops the
-  L1 GAN loss stayed at 0.996 after 300 steps at 2e-4 and fell to 0.87 at 1e-3, so at 2e-4 a
-  500-step run would end before the discriminator learns anything. The schedule keeps the
-  paper's periods (weights updated every 200 iterations, learning rate / 10 every 750).
+  cpu preset's GAN is the paper's (64 channels, one 64 px HR crop per iteration, 3000
+  iterations, Adam at 2e-4; weights updated every 200 iterations, learning rate / 10 every
+  750): it costs about two minutes on 2 cores. Until 2026-12-07 the cpu preset ran a reduced
+  GAN (32 channels, 48 px crops, batch 2, 500 iterations at 1e-3); its kernel and its
+  DSGAN + EDSR row varied far more from seed to seed (docs/dsgan_sr_regime.md).
 * GB: Gaussian blur then x2 decimation, with the sigma of ``GB_SIGMAS`` whose blurred-downsampled
   training HR best matches the training scanner LR (the paper's rule, which gave 1.5 on its
   scanner; :func:`~jaxmri.physics.lowres.select_gaussian_sigma`). ZF: k-space zero-filling of
@@ -157,24 +157,24 @@ PRESETS = {
     ),
     "cpu": Preset(
         description=(
-            "python -m experiments.dsgan_sr: 2.4 minutes wall on 2 idle cores (fresh clone, "
-            "242 CPU-s, 2026-12-04; 5.5-6.7 minutes per seed on the shared machine at load 7); "
-            "96x96 HR / 48x48 scanner-LR slices (the paper's EDSR patch sizes; all 69 coronal "
-            "training slices, 33 test); HR and LR are two noisy serial scans (Rician sigma 0.04 "
-            "on HR, 0.04 / 3.02 on LR from the paper's Table 1, LR NLM-denoised), chosen so that "
-            "Bicubic and ZF+EDSR land in the paper's regime (docs/dsgan_sr_regime.md); DSGAN "
-            "with 32 channels for 500 iterations (batch 2, 48x48 HR / 18x18 LR crops), DSN 300 "
-            "steps, four EDSRs (4 blocks, 32 features, 16x16 LR crops, batch 16) 1000 steps "
-            "each; prints Table 2/3 analogs (SSIM, PSNR, BRISQUE, graded NR), the kernel error, "
-            "claims and regime. Measured over seeds 0-2 (PSNR / SSIM): Bicubic 23.88 / 0.609 "
-            "(paper 22.2 / 0.605), ZF+EDSR 22.92-23.07 / 0.565-0.574 (paper 22.2 / 0.601), both "
-            "in regime; DSGAN+EDSR 19.39-21.86 / 0.522-0.552, below GB+EDSR (22.67-22.79), "
-            "ZF+EDSR, Bicubic and DSN+EDSR (23.66-23.75 / 0.675) in 3/3 seeds; DSGAN kernel "
-            "error 0.45-0.57 vs 0.31 for the selected Gaussian (sigma 1.1)."),
+            "python -m experiments.dsgan_sr: about 4-5 minutes wall on 2 idle cores (419 CPU-s "
+            "per seed, 2026-12-07); 96x96 HR / 48x48 scanner-LR slices (the paper's EDSR patch "
+            "sizes; all 69 coronal training slices, 33 test); HR and LR are two noisy serial "
+            "scans (Rician sigma 0.04 on HR, 0.04 / 3.02 on LR from the paper's Table 1, LR "
+            "NLM-denoised), chosen so that Bicubic and ZF+EDSR land in the paper's regime "
+            "(docs/dsgan_sr_regime.md); the paper's DSGAN (64 channels, 64x64 HR / 26x26 LR "
+            "crops, batch 1, 3000 iterations at 2e-4), DSN 300 steps, four EDSRs (4 blocks, 32 "
+            "features, 16x16 LR crops, batch 16) 1000 steps each; prints Table 2/3 analogs "
+            "(SSIM, PSNR, BRISQUE, graded NR), the kernel error, claims and regime. Measured over "
+            "seeds 0-4 (PSNR / SSIM): Bicubic 23.88 / 0.609 (paper 22.2 / 0.605), ZF+EDSR "
+            "22.92-23.07 / 0.565-0.578 (paper 22.2 / 0.601), both in regime; DSGAN+EDSR "
+            "20.85-22.33 / 0.535-0.573, below ZF+EDSR on PSNR in 5/5 seeds (-1.22 dB, 95 % "
+            "t-interval -1.97 to -0.47; paper +0.1); DSGAN kernel error 0.30-0.51 vs 0.31 for "
+            "the selected Gaussian (sigma 1.1)."),
         image_size=96, num_train=120, num_test=33, num_graded=12, max_shift=0.75,
         hr_noise_std=0.04,
-        gan_features=32, gan_hr_crop=48, gan_steps=500, gan_batch=2,
-        gan_learning_rate=1e-3,
+        gan_features=64, gan_hr_crop=64, gan_steps=3000, gan_batch=1,
+        gan_learning_rate=2e-4,
         dsn_features=32, dsn_layers=4, dsn_steps=300,
         edsr_blocks=4, edsr_features=32, edsr_lr_crop=16, edsr_batch=16, edsr_steps=1000,
         edsr_learning_rate=3e-4,
