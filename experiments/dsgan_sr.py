@@ -157,20 +157,21 @@ PRESETS = {
     ),
     "cpu": Preset(
         description=(
-            "python -m experiments.dsgan_sr: about 4-5 minutes wall on 2 idle cores (419 CPU-s "
-            "per seed, 2026-12-07); 96x96 HR / 48x48 scanner-LR slices (the paper's EDSR patch "
-            "sizes; all 69 coronal training slices, 33 test); HR and LR are two noisy serial "
-            "scans (Rician sigma 0.04 on HR, 0.04 / 3.02 on LR from the paper's Table 1, LR "
-            "NLM-denoised), chosen so that Bicubic and ZF+EDSR land in the paper's regime "
+            "python -m experiments.dsgan_sr: 8:16 wall on a fresh clone with the 2 cores shared "
+            "with another run (467 CPU-s, 2026-12-07; the reduced GAN it replaced took 242 CPU-s,"
+            " 2.4 minutes on idle cores); 96x96 HR / 48x48 scanner-LR slices (the paper's EDSR "
+            "patch sizes; all 69 coronal training slices, 33 test); HR and LR are two noisy "
+            "serial scans (Rician sigma 0.04 on HR, 0.04 / 3.02 on LR from the paper's Table 1, "
+            "LR NLM-denoised), chosen so that Bicubic and ZF+EDSR land in the paper's regime "
             "(docs/dsgan_sr_regime.md); the paper's DSGAN (64 channels, 64x64 HR / 26x26 LR "
             "crops, batch 1, 3000 iterations at 2e-4), DSN 300 steps, four EDSRs (4 blocks, 32 "
-            "features, 16x16 LR crops, batch 16) 1000 steps each; prints Table 2/3 analogs "
-            "(SSIM, PSNR, BRISQUE, graded NR), the kernel error, claims and regime. Measured over "
-            "seeds 0-4 (PSNR / SSIM): Bicubic 23.88 / 0.609 (paper 22.2 / 0.605), ZF+EDSR "
-            "22.92-23.07 / 0.565-0.578 (paper 22.2 / 0.601), both in regime; DSGAN+EDSR "
-            "20.85-22.33 / 0.535-0.573, below ZF+EDSR on PSNR in 5/5 seeds (-1.22 dB, 95 % "
-            "t-interval -1.97 to -0.47; paper +0.1); DSGAN kernel error 0.30-0.51 vs 0.31 for "
-            "the selected Gaussian (sigma 1.1)."),
+            "features, 16x16 LR crops, batch 16) 1000 steps each; prints Table 2/3 analogs (SSIM,"
+            " PSNR, BRISQUE, graded NR), the kernel error, claims and regime. Measured over seeds"
+            " 0-4 (PSNR / SSIM): Bicubic 23.88 / 0.609 (paper 22.2 / 0.605), ZF+EDSR 22.92-23.07 "
+            "/ 0.565-0.578 (paper 22.2 / 0.601), both in regime; DSGAN+EDSR 20.85-22.33 / "
+            "0.535-0.573, below ZF+EDSR on PSNR in 5/5 seeds (-1.22 dB, 95 % t-interval -1.97 to "
+            "-0.47; paper +0.1); DSGAN kernel error 0.30-0.51 vs 0.31 for the selected Gaussian "
+            "(sigma 1.1)."),
         image_size=96, num_train=120, num_test=33, num_graded=12, max_shift=0.75,
         hr_noise_std=0.04,
         gan_features=64, gan_hr_crop=64, gan_steps=3000, gan_batch=1,
