@@ -126,7 +126,7 @@ def _gan_setup(preset) -> dict[str, Any]:
     state = dsgan.create_gan_state(jax.random.PRNGKey(_SEED), generator, discriminator,
                                    hr_crop=preset.gan_hr_crop,
                                    learning_rate=preset.gan_learning_rate, lr_decay_every=750)
-    lr_crop = (preset.gan_hr_crop - generator.kernel_size) // 2 + 1
+    lr_crop = generator.output_size(preset.gan_hr_crop)
     hr, lr = _hr_lr_slices(preset.image_size)
     rng = np.random.default_rng(_SEED)
     batch = {"hr": _crops(rng, hr, preset.gan_hr_crop, preset.gan_batch)[0],

@@ -420,7 +420,7 @@ def dsgan_steps(preset: Any, label: str = "") -> list[PlanStep]:
         hr_crop=preset.gan_hr_crop, learning_rate=preset.gan_learning_rate, lr_decay_every=750)
     gan_state = _shape_of(make_gan_state)
     hr, b = preset.gan_hr_crop, preset.gan_batch
-    lr = (hr - generator.kernel_size) // 2 + 1
+    lr = generator.output_size(hr)
     gan_batch = {"hr": _spec((b, hr, hr), jnp.float32), "lr": _spec((b, lr, lr), jnp.float32)}
     gan_params = {k: v.params for k, v in gan_state.items() if hasattr(v, "params")}
 

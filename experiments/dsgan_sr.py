@@ -27,7 +27,8 @@ augmentation, pixel shuffle x2):
   GAN on crops pooled over the training slices (here all slices share one scanner kernel). The
   cpu preset's GAN is the paper's (64 channels, one 64 px HR crop per iteration, 3000
   iterations, Adam at 2e-4; weights updated every 200 iterations, learning rate / 10 every
-  750): it costs about two minutes on 2 cores. Until 2026-12-07 the cpu preset ran a reduced
+  750): its stage took 217 s of a fresh run with the 2 cores shared (the reduced GAN's 9 s),
+  well inside the preset's budget. Until 2026-12-07 the cpu preset ran a reduced
   GAN (32 channels, 48 px crops, batch 2, 500 iterations at 1e-3); its kernel and its
   DSGAN + EDSR row varied far more from seed to seed (docs/dsgan_sr_regime.md).
 * GB: Gaussian blur then x2 decimation, with the sigma of ``GB_SIGMAS`` whose blurred-downsampled
@@ -282,7 +283,7 @@ def train_dsgan(train: dict, preset: Preset, workdir: Path, args) -> np.ndarray:
                                    hr_crop=preset.gan_hr_crop,
                                    learning_rate=preset.gan_learning_rate,
                                    lr_decay_every=750)
-    lr_crop = (preset.gan_hr_crop - generator.kernel_size) // 2 + 1
+    lr_crop = generator.output_size(preset.gan_hr_crop)
     batch_fn = dsgan.gan_batches(train["hr"], train["lr"], hr_crop=preset.gan_hr_crop,
                                  lr_crop=lr_crop, batch_size=preset.gan_batch, seed=args.seed)
     state = fit(train_step=dsgan.make_gan_train_step(generator, update_every=update_every),

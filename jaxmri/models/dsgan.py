@@ -122,6 +122,11 @@ class DeepLinearGenerator(nn.Module):
         """Receptive field = size of the equivalent kernel."""
         return int(sum(k - 1 for k in self.kernel_sizes) + 1)
 
+    def output_size(self, input_size: int) -> int:
+        """Side of the output for a square ``input_size`` input (valid convolutions, last one
+        strided): the LR crop that matches an HR crop, e.g. 64 -> 26 for the paper's GAN."""
+        return (input_size - self.kernel_size) // self.scale + 1
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         _check_nhwc1(x, "x")

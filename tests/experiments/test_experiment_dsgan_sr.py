@@ -129,14 +129,20 @@ def test_cpu_preset_trains_the_papers_dsgan():
     """Section 2.A of the paper: 3000 iterations, each on one 64 x 64 HR crop and one 26 x 26
     LR crop (the generator's output size). The cpu preset trains that GAN, not a reduced one
     (until 2026-12-07 it ran 500 iterations on 48 px crops, and its DSGAN + EDSR row moved
-    4.7 dB over ten seeds); the LR crop follows from the 13 x 13 kernel as ``train_dsgan``
-    computes it."""
+    4.7 dB over ten seeds). The LR crop ``train_dsgan`` draws, ``output_size``, is the shape
+    the generator really returns."""
+    import jax
+    import jax.numpy as jnp
+
     from jaxmri.models import dsgan
 
     fields = ("gan_features", "gan_hr_crop", "gan_steps", "gan_batch", "gan_learning_rate")
     cpu, paper = exp.PRESETS["cpu"], exp.PRESETS["paper"]
     assert {f: getattr(cpu, f) for f in fields} == {f: getattr(paper, f) for f in fields}
     assert (paper.gan_steps, paper.gan_hr_crop, paper.gan_batch) == (3000, 64, 1)
-    kernel = dsgan.DeepLinearGenerator(features=paper.gan_features).kernel_size
-    assert kernel == 13
-    assert (paper.gan_hr_crop - kernel) // 2 + 1 == 26
+    generator = dsgan.DeepLinearGenerator(features=8)
+    assert generator.kernel_size == 13
+    assert generator.output_size(paper.gan_hr_crop) == 26
+    x = jnp.zeros((1, paper.gan_hr_crop, paper.gan_hr_crop, 1))
+    out = jax.eval_shape(lambda v: generator.init_with_output(jax.random.PRNGKey(0), v)[0], x)
+    assert out.shape == (1, 26, 26, 1)
