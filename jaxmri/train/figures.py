@@ -192,7 +192,10 @@ def save_panel(
 
     rows = ["images", "errors"] + (["zooms"] if box else []) + (["kspace"] if kspace else [])
     height = len(rows) * panel_inches
-    fig = Figure(figsize=(len(arrays) * panel_inches, height), dpi=dpi, layout="constrained")
+    # "compressed", not "constrained": with square images the constrained solver could place
+    # a colour bar's label past the right edge (measured on 004's fig4); compressed packs
+    # fixed-aspect grids and keeps every label inside the PNG.
+    fig = Figure(figsize=(len(arrays) * panel_inches, height), dpi=dpi, layout="compressed")
     FigureCanvasAgg(fig)
     if title:
         fig.suptitle(title, fontsize=10)

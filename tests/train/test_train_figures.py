@@ -72,6 +72,28 @@ def test_panel_without_optional_rows_and_explicit_target(images, tmp_path):
     )
 
 
+@pytest.mark.parametrize("kspace", [False, True])
+def test_nothing_is_cut_at_the_figure_edge(kspace, tmp_path):
+    """Colour bars, their labels and the title stay inside the PNG: its outer rim is blank.
+
+    With ``layout="constrained"`` this long title over three 128 px columns with a zoom row
+    pushed the error row's colour-bar label past the right edge (212 drawn rim pixels; 004's
+    fig4 lost half the label's letters).
+    """
+    rng = np.random.default_rng(0)
+    target = rng.uniform(size=(128, 128)).astype(np.float32)
+    images = {"Recon+SR": target + 0.20 * rng.uniform(size=target.shape),
+              "Proposed": target + 0.21 * rng.uniform(size=target.shape),
+              "target": target}
+    path = tmp_path / "panel.png"
+    save_panel(path, images, zoom_box=(30, 30, 40, 40), kspace=kspace,
+               title="Fig. 4 analog: gauss1d + x2 SR, HR magnitude, test slice 0")
+    grey = mpimg.imread(path)[..., :3].mean(axis=-1)
+    rim = np.concatenate([grey[:, :3].ravel(), grey[:, -3:].ravel(),
+                          grey[:3].ravel(), grey[-3:].ravel()])
+    assert rim.min() > 0.95, f"{int((rim <= 0.95).sum())} drawn pixels on the figure's rim"
+
+
 def test_helpers_against_numpy(images):
     x, t = images["zero-filled"], images["target"]
     np.testing.assert_allclose(error_map(x, t), np.abs(np.abs(x) - t), rtol=1e-6)
