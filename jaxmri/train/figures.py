@@ -37,6 +37,7 @@ __all__ = [
     "enlarge_nearest",
     "structure_box",
     "save_panel",
+    "save_maps",
     "save_line_profile",
     "read_training_logs",
     "save_loss_curves",
@@ -248,6 +249,57 @@ def save_panel(
         bar = fig.colorbar(mappables["kspace"], ax=list(axes[rows.index("kspace")]),
                            shrink=0.9, pad=0.01)
         bar.set_label(f"log10 |k| (floor {kspace_floor:g} x max)", fontsize=8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return drawn
+
+
+def save_maps(
+    path: str | os.PathLike,
+    maps: Mapping[str, np.ndarray],
+    *,
+    label: str,
+    title: str | None = None,
+    panel_inches: float = 3.0,
+    dpi: int = 100,
+) -> dict[str, dict]:
+    """Save one row of non-negative maps (e.g. per-pixel errors) on ONE colour scale.
+
+    Unlike :func:`save_panel` there is no reference image: each map is shown as it is, in
+    ``inferno`` on the shared scale ``[0, largest 99.5th percentile of |map|]``, with one colour
+    bar labelled ``label``. Use it for maps that are themselves the quantity of interest, such
+    as Fig. 3b's inversion errors per Lipschitz constant.
+
+    Args:
+      path: PNG file to write (parent folders are created).
+      maps: ``{title: (H, W) array}`` in column order; magnitudes are shown.
+      label: what the colour bar measures (with its unit or normalisation).
+      title: a heading above the row.
+      panel_inches, dpi: each cell is ``panel_inches`` square; the PNG measures
+        ``(panel_inches * dpi, columns * panel_inches * dpi)`` pixels.
+
+    Returns:
+      ``{'maps': {title: array drawn}, 'clims': {title: (vmin, vmax)}}``.
+    """
+    arrays = {name: np.abs(a).astype(np.float32) for name, a in _check_images(maps).items()}
+    vmax = max(float(np.percentile(a, ERROR_PERCENTILE)) for a in arrays.values())
+    vmax = vmax or max(float(a.max()) for a in arrays.values()) or 1.0
+    fig = Figure(figsize=(len(arrays) * panel_inches, panel_inches), dpi=dpi,
+                 layout="compressed")
+    FigureCanvasAgg(fig)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    axes = fig.subplots(1, len(arrays), squeeze=False)[0]
+    drawn: dict[str, dict] = {"maps": {}, "clims": {}}
+    for ax, (name, array) in zip(axes, arrays.items(), strict=True):
+        im = ax.imshow(array, interpolation="nearest", cmap="inferno", vmin=0.0, vmax=vmax)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        drawn["maps"][name] = np.asarray(im.get_array())
+        drawn["clims"][name] = tuple(float(v) for v in im.get_clim())
+    bar = fig.colorbar(im, ax=list(axes), shrink=0.9, pad=0.01)
+    bar.set_label(f"{label} (one scale for all)", fontsize=8)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
     return drawn

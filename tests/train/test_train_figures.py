@@ -13,6 +13,7 @@ from jaxmri.train.figures import (
     log_kspace,
     save_line_profile,
     save_loss_curves,
+    save_maps,
     save_panel,
     structure_box,
 )
@@ -92,6 +93,21 @@ def test_nothing_is_cut_at_the_figure_edge(kspace, tmp_path):
     rim = np.concatenate([grey[:, :3].ravel(), grey[:, -3:].ravel(),
                           grey[:3].ravel(), grey[-3:].ravel()])
     assert rim.min() > 0.95, f"{int((rim <= 0.95).sum())} drawn pixels on the figure's rim"
+
+
+def test_maps_share_one_scale_and_show_each_map_as_is(tmp_path):
+    rng = np.random.default_rng(2)
+    maps = {"c=0.6": rng.uniform(0, 1e-3, (40, 40)), "c=0.7": rng.uniform(0, 2e-3, (40, 40)),
+            "c=0.8": -rng.uniform(0, 4e-3, (40, 40))}  # a signed map is shown as |map|
+    path = tmp_path / "maps.png"
+    drawn = save_maps(path, maps, label="|I - S(S^-1(I))|", title="inversion error", dpi=40)
+    assert mpimg.imread(path).shape[:2] == (120, 3 * 120)
+    top = np.percentile(np.abs(maps["c=0.8"]), 99.5)  # the largest 99.5th percentile
+    for name, m in maps.items():
+        np.testing.assert_allclose(drawn["maps"][name], np.abs(m), rtol=1e-6)
+        np.testing.assert_allclose(drawn["clims"][name], (0.0, top), rtol=1e-6)
+    with pytest.raises(ValueError, match="non-finite"):
+        save_maps(path, {"a": np.full((4, 4), np.nan)}, label="x")
 
 
 def test_helpers_against_numpy(images):
