@@ -550,7 +550,9 @@ def run(args, setup) -> dict:
         "HR (bicubic-resized)": np.asarray(bicubic_resize(jnp.asarray(train["hr"][0]),
                                                           train["lr"].shape[1:])),
         "real LR": train["lr"][0], "DSN LR": pairs["DSN"][0],
-        "DSGAN LR": pairs["DSGAN"][0]}, row)
+        "DSGAN LR": pairs["DSGAN"][0]}, row,
+        title=f"Fig. 6 analog: LR images made by each downscaler vs the real LR, row {row} of "
+              "training slice 0")
     claims = report_claims(paper_claims(), per_slice, workdir, regime=regime_rows())
     save_loss_curves(workdir)
     stage("done")
