@@ -392,7 +392,9 @@ def save_loss_curves(workdir: str | os.PathLike, path: str | os.PathLike | None 
     for ax, (stage, curves) in zip(axes, logs.items(), strict=False):
         for key, (steps, values) in curves.items():
             if key.startswith("train/"):
-                ax.plot(steps, values, lw=1, label=key)
+                # A line through one point draws nothing: mark single-record curves.
+                ax.plot(steps, values, lw=1, marker="_" if len(steps) == 1 else None, ms=8,
+                        label=key)
             else:
                 ax.plot(steps, values, "o", ms=3, label=key)
         values = [v for _, v in curves.values() if len(v)]
@@ -403,6 +405,8 @@ def save_loss_curves(workdir: str | os.PathLike, path: str | os.PathLike | None 
         ax.legend(fontsize=6)
     for ax in axes[len(logs):]:
         ax.set_visible(False)
+    fig.suptitle("Training logs, one panel per stage: lines train, dots validation",
+                 fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
