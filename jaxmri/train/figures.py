@@ -15,6 +15,10 @@ per image and these rows:
   1e-6, i.e. 120 dB shown) on one scale for all columns, with a colour bar; ``fft2c`` is the
   centred orthonormal FFT of the image as given (complex images keep their phase).
 
+:func:`save_maps` draws maps that are themselves the quantity shown (e.g. inversion errors) in
+one row on one colour scale with a colour bar; :func:`save_line_profile` one image row of every
+image; :func:`save_loss_curves` every stage's ``metrics.jsonl``.
+
 Figures are built as ``matplotlib.figure.Figure`` on an Agg canvas: no display, and pyplot's
 global state and the user's chosen backend are left alone. Each function returns the arrays it
 drew and the colour limits of each drawn artist (read back from the figure) so that callers and
