@@ -532,13 +532,13 @@ def run(args, setup) -> dict:
 
     stage("figures")
     save_mscn_figure(workdir / "fig5_mscn.png", hists, bins)
-    errors = [vals["rel. kernel error"] for vals in kernel_rows.values()]
+    dsgan_error, gaussian_error = (vals["rel. kernel error"] for vals in kernel_rows.values())
     save_panel(workdir / "kernels.png",
                {"true": truth, "DSGAN": kernel_hat,
                 f"Gaussian {gb_sigma}": gaussian_kernel(sigma=gb_sigma)},
                target_key="true",
                title="Blur kernels (true: the scanner's, for evaluation only); relative L2 "
-                     f"error: DSGAN {errors[0]:.3f}, Gaussian {errors[1]:.3f}")
+                     f"error: DSGAN {dsgan_error:.3f}, Gaussian {gaussian_error:.3f}")
     i = 0
     save_panel(workdir / "fig4_outputs.png",
                {**{k: np.clip(v[i], 0, 1) for k, v in outputs.items()},

@@ -670,7 +670,7 @@ def _figures(workdir: Path, outputs: dict, test: dict) -> None:
     recon = next(iter(outputs))
     save_panel(workdir / "fig2_panel.png", images, target_key="GT", zoom_box=box, kspace=True,
                title=f"Fig. 2 analog: {recon} and its sharpened versions (after the final DC), "
-                     f"4x, {size} px, test slice {i}")
+                     f"{1 / np.mean(test['mask'][i]):.1f}x, {size} px, test slice {i}")
     save_line_profile(workdir / "figA1_profile.png", images, row=size // 2,
                       title=f"Fig. A1 analog: intensity along row {size // 2} of test slice {i}, "
                             f"{recon} and its sharpened versions vs GT")

@@ -106,6 +106,17 @@ def structure_box(target: np.ndarray, *, fraction: float = 0.25) -> tuple[int, i
     return int(y0), int(x0), side, side
 
 
+def _shared_limit(maps) -> float:
+    """The largest ``ERROR_PERCENTILE``-th percentile of the maps (0.0 for none): one colour
+    scale that a few outlier pixels do not wash out."""
+    return max((float(np.percentile(m, ERROR_PERCENTILE)) for m in maps), default=0.0)
+
+
+def _write_png(fig: Figure, path: str | os.PathLike, dpi: int) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+
+
 def _check_images(images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not isinstance(images, Mapping) or not images:
         raise ValueError("images must be a non-empty mapping {label: (H, W) array}")
@@ -186,8 +197,7 @@ def save_panel(
     if error_scale is not None:
         error_vmax = vmax / error_scale
     else:
-        error_vmax = max((float(np.percentile(e, ERROR_PERCENTILE)) for e in errors.values()),
-                         default=0.0) or vmax
+        error_vmax = _shared_limit(errors.values()) or vmax
     factor = 1
     if box:
         factor = max(1, min(target.shape[0] // box[2], target.shape[1] // box[3]))
@@ -253,8 +263,7 @@ def save_panel(
         bar = fig.colorbar(mappables["kspace"], ax=list(axes[rows.index("kspace")]),
                            shrink=0.9, pad=0.01)
         bar.set_label(f"log10 |k| (floor {kspace_floor:g} x max)", fontsize=8)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
+    _write_png(fig, path, dpi)
     return drawn
 
 
@@ -286,8 +295,7 @@ def save_maps(
       ``{'maps': {title: array drawn}, 'clims': {title: (vmin, vmax)}}``.
     """
     arrays = {name: np.abs(a).astype(np.float32) for name, a in _check_images(maps).items()}
-    vmax = max(float(np.percentile(a, ERROR_PERCENTILE)) for a in arrays.values())
-    vmax = vmax or max(float(a.max()) for a in arrays.values()) or 1.0
+    vmax = _shared_limit(arrays.values()) or max(float(a.max()) for a in arrays.values()) or 1.0
     fig = Figure(figsize=(len(arrays) * panel_inches, panel_inches), dpi=dpi,
                  layout="compressed")
     FigureCanvasAgg(fig)
@@ -304,8 +312,7 @@ def save_maps(
         drawn["clims"][name] = tuple(float(v) for v in im.get_clim())
     bar = fig.colorbar(im, ax=list(axes), shrink=0.9, pad=0.01)
     bar.set_label(f"{label} (one scale for all)", fontsize=8)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
+    _write_png(fig, path, dpi)
     return drawn
 
 
@@ -335,8 +342,7 @@ def save_line_profile(
     ax.set_title(title or f"intensity profile along row {row}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
+    _write_png(fig, path, dpi)
     return drawn
 
 
@@ -412,6 +418,5 @@ def save_loss_curves(workdir: str | os.PathLike, path: str | os.PathLike | None 
     fig.suptitle("Training logs, one panel per stage: lines train, dots validation",
                  fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
+    _write_png(fig, path, dpi)
     return logs
