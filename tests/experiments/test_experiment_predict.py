@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
 
 import h5py
+import jax
 import nibabel as nib
 import numpy as np
 import pytest
 
+import jaxmri
 from jaxmri.data import simulate_acquisition, write_fastmri_h5
 from jaxmri.train.run_record import read_run_record, write_run_record
 
@@ -72,6 +79,38 @@ def test_training_records_its_preset_and_flags(tmp_path):
     assert record["preset"] == "smoke"
     assert record["flags"]["seed"] == 4 and record["flags"]["recon_model"] == 2
     assert "workdir" not in record["flags"] and "_presets" not in record["flags"]
+    # ... and what ran it: two runs that differ in their last digits can be told apart.
+    environment = record["environment"]
+    assert environment["packages"]["jax"] == jax.__version__
+    assert environment["packages"]["numpy"] == np.__version__
+    assert environment["python"] == platform.python_version()
+    assert environment["devices"] == f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    assert environment["cpu_count"] == os.cpu_count()
+    assert environment["xla_flags"] == os.environ.get("XLA_FLAGS")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(jaxmri.__file__).parents[1],
+                          capture_output=True, text=True).stdout.strip()
+    if head:  # a checkout (CI's clone is one); an installed copy records no commit
+        assert environment["commit"] in (head, head + "+dirty")
+    # A record written before the environment was recorded still reads.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "run.json").write_text(json.dumps(
+        {"experiment": "demo", "preset": "smoke", "flags": {"seed": 1}}))
+    assert read_run_record(legacy, experiment="demo")["flags"] == {"seed": 1}
+
+
+def test_run_environment_reads_the_cpu_model_and_vector_extensions(tmp_path):
+    from jaxmri.train.run_record import _cpu_model_and_flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\n"
+        "flags\t\t: fpu sse2 fma avx2 avx512f avx512_bf16 avx512_vnni\n\n"
+        "processor\t: 1\nmodel name\t: Another CPU\nflags\t\t: fpu amx_tile\n")
+    assert _cpu_model_and_flags(cpuinfo) == (
+        "AMD EPYC 9B14", ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"])
+    model, flags = _cpu_model_and_flags(tmp_path / "missing")
+    assert flags is None and model == (platform.processor() or platform.machine())
 
 
 # --------------------------------------------------------------------------------------------
