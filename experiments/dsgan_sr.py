@@ -158,10 +158,9 @@ PRESETS = {
     ),
     "cpu": Preset(
         description=(
-            "python -m experiments.dsgan_sr: 4:14 wall on 2 idle AMD EPYC cores (fresh clone, "
-            "439 CPU-s, 2026-12-07), 8:16 on an Intel Xeon with the 2 cores shared with another "
-            "run (467 CPU-s; the reduced GAN it replaced took 242 CPU-s, 2.4 minutes on idle "
-            "cores); 96x96 HR / 48x48 scanner-LR slices (the paper's EDSR "
+            "python -m experiments.dsgan_sr: 3:27 wall on 2 idle Intel Xeon cores and 4:14 on "
+            "2 idle AMD EPYC cores (fresh clones, 347 and 439 CPU-s, 2026-12-07; the reduced "
+            "GAN it replaced took 242 CPU-s); 96x96 HR / 48x48 scanner-LR slices (the paper's EDSR "
             "patch sizes; all 69 coronal training slices, 33 test); HR and LR are two noisy "
             "serial scans (Rician sigma 0.04 on HR, 0.04 / 3.02 on LR from the paper's Table 1, "
             "LR NLM-denoised), chosen so that Bicubic and ZF+EDSR land in the paper's regime "

@@ -136,8 +136,9 @@ PRESETS = {
         steps=4, batch_size=2, checkpoint_every=2, eval_slices=4,
     ),
     "cpu": Preset(
-        description=("8.5-10.8 minutes wall on 2 idle cores (fresh clones: 8.5 on "
-                     "2026-12-04, 15 CPU-minutes; 10.8 on an AMD EPYC on 2026-12-07, 19 "
+        description=("7.7-10.8 minutes wall on 2 idle cores (fresh clones: 7.7 on an "
+                     "Intel Xeon on 2026-12-07, 14 CPU-minutes; 8.5 on an AMD EPYC on "
+                     "2026-12-04, 15 CPU-minutes; 10.8 on another AMD EPYC on 2026-12-07, 19 "
                      "CPU-minutes): 64 px axial slices (one orientation: "
                      "no voxel shared across splits), 16 coils close to the head "
                      "(fastMRI: 15-20), fastMRI equispaced-fraction 4x mask, SNR 30 dB; "
