@@ -71,6 +71,7 @@ __all__ = [
     "run_over_seeds",
     "write_over_seeds",
     "combine_runs",
+    "describe_environment",
 ]
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
@@ -555,24 +556,52 @@ def run_over_seeds(
     return write_over_seeds(claims, regimes, workdir)
 
 
+def describe_environment(environment: Mapping | None) -> str:
+    """One line for a ``run.json`` environment (:func:`jaxmri.train.run_record.run_environment`):
+    CPU model [vector extensions], devices, jax version; ``"not recorded"`` for ``None``."""
+    if not environment:
+        return "not recorded"
+    flags = environment.get("cpu_flags")
+    cpu = environment.get("cpu", "unknown CPU") + (f" [{' '.join(flags)}]" if flags else "")
+    jax_version = (environment.get("packages") or {}).get("jax")
+    return f"{cpu}, {environment.get('devices', 'unknown devices')}, jax {jax_version}"
+
+
+def _environments_note(seeds: Sequence[int], environments: Mapping[int, Mapping | None]) -> str:
+    """A line under the over-seed table saying what the seeds ran on."""
+    described = {seed: describe_environment(environments.get(seed)) for seed in seeds}
+    kinds = list(dict.fromkeys(described.values()))
+    if len(kinds) == 1:
+        return f"\nEvery seed ran on: {kinds[0]}.\n"
+    listed = "; ".join(f"seed {seed}: {text}" for seed, text in described.items())
+    return (f"\nThe seeds ran in {len(kinds)} environments ({listed}): an adversarial training "
+            "can take another path on another CPU type or package version.\n")
+
+
 def write_over_seeds(claims: Mapping[int, Mapping], regimes: Mapping[int, Mapping],
-                     workdir: str | os.PathLike, *, runs: Mapping[int, str] | None = None) -> dict:
+                     workdir: str | os.PathLike, *, runs: Mapping[int, str] | None = None,
+                     environments: Mapping[int, Mapping | None] | None = None) -> dict:
     """Aggregate per-seed ``claims.json`` (and ``regime.json``) payloads and write the tables.
 
     Writes ``claims_over_seeds.md/.json`` into ``workdir`` (created if needed) and, when every
     seed of ``claims`` has a regime payload, ``regime_over_seeds.md/.json``; prints both.
     ``runs`` (``{seed: folder}``), when given, is recorded in the claims JSON as where each
-    seed's run lies. Returns ``{'claims': aggregate, 'regime': aggregate or None}``.
+    seed's run lies; ``environments`` (``{seed: run.json environment or None}``), when given,
+    as what ran it, and the claims table says whether the seeds ran on one kind of machine.
+    Returns ``{'claims': aggregate, 'regime': aggregate or None}``.
     """
     seeds = list(claims)
     label = ", ".join(map(str, seeds))
     aggregate = aggregate_claims(claims)
     if runs is not None:
         aggregate["runs"] = {str(seed): str(runs[seed]) for seed in seeds}
-    write_table(aggregate_claims_markdown(
+    markdown = aggregate_claims_markdown(
         aggregate, title=f"Paper claims over seeds {label}: per seed the mean difference "
-        f"(method - baseline), Wilcoxon p and verdict"),
-        aggregate, workdir, "claims_over_seeds")
+        f"(method - baseline), Wilcoxon p and verdict")
+    if environments is not None:
+        aggregate["environments"] = {str(seed): environments.get(seed) for seed in seeds}
+        markdown += _environments_note(seeds, environments)
+    write_table(markdown, aggregate, workdir, "claims_over_seeds")
     regime = None
     if set(regimes) == set(seeds):
         regime = aggregate_regime({seed: regimes[seed] for seed in seeds})
@@ -642,6 +671,7 @@ def combine_runs(folders: Sequence[str | os.PathLike], workdir: str | os.PathLik
                     f"{runs[seed]} ran --{flag.replace('_', '-')} {ours!r} and "
                     f"{runs[first_seed]} ran {theirs!r}: combine runs that differ only in --seed")
     try:
-        return write_over_seeds(claims, regimes, workdir, runs=runs)
+        return write_over_seeds(claims, regimes, workdir, runs=runs, environments={
+            seed: record.get("environment") for seed, record in records.items()})
     except ValueError as err:  # the runs judged different claims or regime rows
         raise UserInputError(f"the runs cannot be combined: {err}") from None

@@ -353,6 +353,12 @@ def test_combine_runs_equals_the_seeds_run_and_adds_the_spread_over_seeds(tmp_pa
     assert json.loads((tmp_path / "combined" / "claims_over_seeds.json").read_text()) == out[
         "claims"]
     assert (tmp_path / "combined" / "regime_over_seeds.md").exists()
+    # Every job here ran in this process: one environment, named under the table.
+    from jaxmri.train.run_record import run_environment
+
+    here = run_environment()
+    assert out["claims"]["environments"] == {str(s): here for s in shifts}
+    assert f"Every seed ran on: {cl.describe_environment(here)}." in md
     # One seed has no spread.
     single = cl.combine_runs(folders[:1], tmp_path / "one")["claims"]["claims"][0]
     assert single["sd_over_seeds"] is None and single["ci_over_seeds"] is None
@@ -430,3 +436,24 @@ def test_repeat_over_seeds_calls_main_per_seed(tmp_path):
     args = parser.parse_args(["--seeds", "1", "--coordinator", "h:1"])
     with pytest.raises(ValueError, match="--coordinator"):
         repeat_over_seeds(main, [], args)
+
+
+def test_combine_runs_says_when_the_seeds_ran_on_different_machines(tmp_path):
+    """A run from another CPU type (or from before run.json recorded its environment) is still
+    combined, and the table says which seed ran where."""
+    shifts = {0: 1.0, 1: 0.5}
+    folders = _separate_runs(tmp_path / "jobs", shifts)
+    record = json.loads((folders[1] / "run.json").read_text())
+    other = dict(record["environment"], cpu="AMD EPYC 9B14", cpu_flags=["avx2", "fma"])
+    (folders[1] / "run.json").write_text(json.dumps(dict(record, environment=other)))
+    out = cl.combine_runs(folders, tmp_path / "combined", experiment="demo")
+    md = (tmp_path / "combined" / "claims_over_seeds.md").read_text()
+    jax_version = record["environment"]["packages"]["jax"]
+    assert (f"seed 1: AMD EPYC 9B14 [avx2 fma], {other['devices']}, jax {jax_version}"
+            in md)
+    assert "The seeds ran in 2 environments (seed 0: " in md
+    assert out["claims"]["environments"]["1"]["cpu"] == "AMD EPYC 9B14"
+    del record["environment"]
+    (folders[1] / "run.json").write_text(json.dumps(record))
+    cl.combine_runs(folders, tmp_path / "legacy", experiment="demo")
+    assert "seed 1: not recorded" in (tmp_path / "legacy" / "claims_over_seeds.md").read_text()
