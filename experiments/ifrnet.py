@@ -149,9 +149,10 @@ PRESETS = {
         ablation_steps=2, ablation_stages=2, snr_db=SCAN_SNR_DB, noisy_reference=True,
     ),
     "cpu": Preset(
-        description="python -m experiments.ifrnet: 12.5 minutes on 2 idle AMD EPYC cores "
-        "(fresh clone, 2026-12-07; 15.0 before rho was fixed in the IFR-CS grid), 9.8 on 2 "
-        "idle Intel Xeon cores with the wider grid (fresh clone of 424f776, 2026-12-06); "
+        description="python -m experiments.ifrnet: 9.1 minutes on 2 idle Intel Xeon cores "
+        "with AMX (fresh clone, 2026-12-07; 9.8 on the earlier Xeon with the wider grid), 12.5 "
+        "on 2 idle AMD EPYC cores (fresh clone, 2026-12-07; 15.0 before rho was fixed in the "
+        "IFR-CS grid); "
         "128x128 slices (the paper preset's size: at 64 px the pseudo-radial rows sit 4-8 dB "
         "below the paper's, at 128 px within 2.6 dB PSNR), the reference a noisy magnitude "
         "scan (30 dB, as the paper's real scans), 100 training slices, IFR-Net (7 "

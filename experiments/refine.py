@@ -217,7 +217,8 @@ PRESETS = {
     "cpu": Preset(
         description="python -m experiments.refine: 9.6 minutes wall on 2 idle AMD EPYC cores "
         "(fresh clone, 2026-12-07; 17.5 CPU-minutes, peak RSS 3.5 GB; 7.9 there on 2026-12-04, "
-        "before the TV CS row), 6.7-6.9 on 2 idle Intel Xeon cores (2026-12-05); 128 px, "
+        "before the TV CS row), 6.7-6.9 on 2 idle Intel Xeon cores (2026-12-05 and 2026-12-07, "
+        "12 CPU-minutes); 128 px, "
         "8x, 8 central lines, real-valued images; Table 1 "
         "analog (PSNR, SSIM, LPIPS, Dice, SIS) of zero-filled, CS (TV), RecNet, joint and "
         "refined, SIS per tissue class, with Wilcoxon tests, claims and regime tables "

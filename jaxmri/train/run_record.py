@@ -13,8 +13,8 @@ package versions, CPU, devices, jaxmri's commit), e.g.::
 
 The environment is there because a training is reproducible to the digit only on the same
 CPU type and packages: an adversarial training (001's DSGAN, 003's refinement) can take a
-different path when convolution kernels round differently, and two runs that differ can be
-told apart only by what their records say.
+different path when a kernel rounds differently or a package changes, and two runs that differ
+can be told apart only by what their records say.
 """
 
 from __future__ import annotations
