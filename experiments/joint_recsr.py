@@ -170,9 +170,10 @@ PRESETS = {
         halve_at=(0.5,), cg_iters=5,
     ),
     "cpu": Preset(
-        description="python -m experiments.joint_recsr: 11-15 minutes on 2 CPU cores "
+        description="python -m experiments.joint_recsr: 10-15 minutes on 2 CPU cores "
         "(measured 2026-12-06, idle 2-core Intel Xeon: 11.0 / 11.2 / 11.0 minutes for seeds "
-        "0-2, peak RSS 3.6 GB; 14:50 on an idle 2-core AMD EPYC, fresh clone, 2026-12-07); "
+        "0-2, peak RSS 3.6 GB; fresh clones, 2026-12-07: 10:22 on an idle 2-core Xeon with "
+        "AMX, 14:50 on an idle 2-core AMD EPYC); "
         "64x64 HR slices (32x32 LR), 8 coils, noisy references (k-space "
         "SNR 12 dB, chosen from the non-method rows), 1-D Gaussian 2.5x + x2 SR (5x), 64 "
         "training slices, small networks (16 features, 2 RRDB-SFT blocks, DEQ <= 6 iterations, "
