@@ -558,12 +558,15 @@ def run_over_seeds(
 
 def describe_environment(environment: Mapping | None) -> str:
     """One line for a ``run.json`` environment (:func:`jaxmri.train.run_record.run_environment`):
-    CPU model [vector extensions], devices, jax version; ``"not recorded"`` for ``None``."""
-    if not environment:
+    CPU model [vector extensions], devices, jax version; ``"not recorded"`` for ``None`` or a
+    record that is not a mapping (hand-edited), ``?`` for a field it lacks."""
+    if not isinstance(environment, Mapping) or not environment:
         return "not recorded"
     flags = environment.get("cpu_flags")
-    cpu = environment.get("cpu", "unknown CPU") + (f" [{' '.join(flags)}]" if flags else "")
-    jax_version = (environment.get("packages") or {}).get("jax")
+    cpu = str(environment.get("cpu", "unknown CPU")) + (
+        f" [{' '.join(map(str, flags))}]" if isinstance(flags, list) and flags else "")
+    packages = environment.get("packages")
+    jax_version = packages.get("jax", "?") if isinstance(packages, Mapping) else "?"
     return f"{cpu}, {environment.get('devices', 'unknown devices')}, jax {jax_version}"
 
 

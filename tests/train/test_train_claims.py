@@ -457,3 +457,9 @@ def test_combine_runs_says_when_the_seeds_ran_on_different_machines(tmp_path):
     (folders[1] / "run.json").write_text(json.dumps(record))
     cl.combine_runs(folders, tmp_path / "legacy", experiment="demo")
     assert "seed 1: not recorded" in (tmp_path / "legacy" / "claims_over_seeds.md").read_text()
+    # A hand-edited environment that is not a mapping is described, not a traceback.
+    (folders[1] / "run.json").write_text(json.dumps(dict(record, environment="my laptop")))
+    cl.combine_runs(folders, tmp_path / "edited", experiment="demo")
+    assert "seed 1: not recorded" in (tmp_path / "edited" / "claims_over_seeds.md").read_text()
+    assert cl.describe_environment({"cpu": "X", "cpu_flags": "avx2", "packages": None}) == (
+        "X, unknown devices, jax ?")
