@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmri.train.cli import OneLineErrorParser
+from jaxmri.train.run_record import cpu_model_and_flags
 
 __all__ = [
     "StepCase",
@@ -339,17 +340,12 @@ def matmul_gflops(*, size: int = 2048, repeats: int = 5) -> float:
 
 
 def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on: CPU, core count, backend, devices and versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """What the numbers were measured on: CPU (model and vector extensions, as ``run.json``
+    records them), core count, backend, devices and versions."""
+    cpu, cpu_flags = cpu_model_and_flags()
     info = {
         "cpu": cpu,
+        "cpu_flags": cpu_flags,
         "cpu_count": os.cpu_count(),
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],

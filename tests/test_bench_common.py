@@ -287,6 +287,11 @@ def test_write_table_writes_markdown_and_json(tmp_path):
     payload = json.loads((tmp_path / "t.json").read_text())
     assert payload["rows"] == rows and payload["title"] == "T"
     assert payload["machine"]["cpu_count"] >= 1
+    # The same CPU description as a training's run.json (one reader of /proc/cpuinfo).
+    from jaxmri.train.run_record import cpu_model_and_flags
+
+    assert [payload["machine"]["cpu"], payload["machine"]["cpu_flags"]] == list(
+        cpu_model_and_flags())
     with pytest.raises(ValueError, match="rows"):
         write_table([], tmp_path, "empty", title="x")
 

@@ -31,7 +31,7 @@ from typing import Any
 from jaxmri.errors import UserInputError
 
 __all__ = ["RUN_RECORD", "write_run_record", "read_run_record", "flag_json_value",
-           "run_environment"]
+           "run_environment", "cpu_model_and_flags"]
 
 RUN_RECORD = "run.json"
 # Flags that select what a command does rather than what was trained.
@@ -47,8 +47,8 @@ _RECORDED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "orbax
 _RECORDED_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 
-def _cpu_model_and_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo"
-                         ) -> tuple[str, list[str] | None]:
+def cpu_model_and_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo"
+                        ) -> tuple[str, list[str] | None]:
     """The CPU's model name and which of ``_RECORDED_CPU_FLAGS`` it has, in that order, read
     from the first processor of ``cpuinfo`` (Linux); without it ``platform.processor()`` and
     ``None``."""
@@ -107,7 +107,7 @@ def run_environment() -> dict:
         except importlib.metadata.PackageNotFoundError:
             packages[name] = None
     devices = jax.devices()
-    cpu, cpu_flags = _cpu_model_and_flags()
+    cpu, cpu_flags = cpu_model_and_flags()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),

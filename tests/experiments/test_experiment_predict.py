@@ -100,16 +100,16 @@ def test_training_records_its_preset_and_flags(tmp_path):
 
 
 def test_run_environment_reads_the_cpu_model_and_vector_extensions(tmp_path):
-    from jaxmri.train.run_record import _cpu_model_and_flags
+    from jaxmri.train.run_record import cpu_model_and_flags
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(
         "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\n"
         "flags\t\t: fpu sse2 fma avx2 avx512f avx512_bf16 avx512_vnni\n\n"
         "processor\t: 1\nmodel name\t: Another CPU\nflags\t\t: fpu amx_tile\n")
-    assert _cpu_model_and_flags(cpuinfo) == (
+    assert cpu_model_and_flags(cpuinfo) == (
         "AMD EPYC 9B14", ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"])
-    model, flags = _cpu_model_and_flags(tmp_path / "missing")
+    model, flags = cpu_model_and_flags(tmp_path / "missing")
     assert flags is None and model == (platform.processor() or platform.machine())
 
 
